@@ -1,0 +1,1 @@
+"""Weight bridges between foreign checkpoint layouts and the core."""

@@ -1,0 +1,119 @@
+"""Tower configurations: read from a Hugging Face AltCLIP ``config.json`` or a registry card."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+_TEXT_HF_KEYS = {  # our field -> AltCLIPTextConfig key
+    "vocab_size": "vocab_size",
+    "width": "hidden_size",
+    "layers": "num_hidden_layers",
+    "heads": "num_attention_heads",
+    "mlp_dim": "intermediate_size",
+    "max_positions": "max_position_embeddings",
+    "type_vocab_size": "type_vocab_size",
+    "pad_token_id": "pad_token_id",
+    "bos_token_id": "bos_token_id",
+    "eos_token_id": "eos_token_id",
+    "layer_norm_eps": "layer_norm_eps",
+    "act": "hidden_act",
+    "project_dim": "project_dim",
+}
+_VISION_HF_KEYS = {  # our field -> AltCLIPVisionConfig key
+    "image_size": "image_size",
+    "patch_size": "patch_size",
+    "width": "hidden_size",
+    "layers": "num_hidden_layers",
+    "heads": "num_attention_heads",
+    "mlp_dim": "intermediate_size",
+    "channels": "num_channels",
+    "layer_norm_eps": "layer_norm_eps",
+    "act": "hidden_act",
+}
+
+
+@dataclass
+class TextConfig:
+    """XLM-RoBERTa encoder plus AltCLIP's text head (defaults: BAAI/AltCLIP)."""
+
+    vocab_size: int = 250002
+    width: int = 1024
+    layers: int = 24
+    heads: int = 16
+    mlp_dim: int = 4096
+    max_positions: int = 514
+    type_vocab_size: int = 1
+    pad_token_id: int = 1
+    bos_token_id: int = 0
+    eos_token_id: int = 2
+    layer_norm_eps: float = 1e-5
+    act: str = "gelu"
+    project_dim: int = 768
+    transformation_pre: bool = False  # AltCLIP-m18's extra head on the second-to-last layer
+
+
+@dataclass
+class VisionConfig:
+    """CLIP ViT (defaults: ViT-L/14 at 224, as in BAAI/AltCLIP)."""
+
+    image_size: int = 224
+    patch_size: int = 14
+    width: int = 1024
+    layers: int = 24
+    heads: int = 16
+    mlp_dim: int = 4096
+    channels: int = 3
+    layer_norm_eps: float = 1e-5
+    act: str = "quick_gelu"
+
+
+@dataclass
+class AltCLIPConfig:
+    """The whole model: both towers, the shared embedding size and the initial logit scale."""
+
+    text: TextConfig = field(default_factory=TextConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    projection_dim: int = 768
+    logit_scale_init: float = 2.6592
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AltCLIPConfig:
+        """Build from our own dict form (as in registry cards and ``to_dict``)."""
+        return cls(
+            text=TextConfig(**data.get("text", {})),
+            vision=VisionConfig(**data.get("vision", {})),
+            projection_dim=data.get("projection_dim", 768),
+            logit_scale_init=data.get("logit_scale_init", 2.6592),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_hf(cls, data: dict[str, Any]) -> AltCLIPConfig:
+        """Build from a transformers AltCLIP ``config.json`` dict; raises ValueError if it is not one."""
+        if data.get("model_type") != "altclip":
+            raise ValueError(
+                f"config.json has model_type={data.get('model_type')!r}; expected 'altclip' (an AltCLIPModel checkpoint)"
+            )
+        text, vision = data.get("text_config") or {}, data.get("vision_config") or {}
+        return cls(
+            text=TextConfig(**{ours: text[hf] for ours, hf in _TEXT_HF_KEYS.items() if hf in text}),
+            vision=VisionConfig(**{ours: vision[hf] for ours, hf in _VISION_HF_KEYS.items() if hf in vision}),
+            projection_dim=data.get("projection_dim", 768),
+            logit_scale_init=data.get("logit_scale_init_value", 2.6592),
+        )
+
+    def to_hf(self) -> dict[str, Any]:
+        """The transformers ``AltCLIPConfig`` dict for this model (what ``config.json`` holds)."""
+        text = {hf: getattr(self.text, ours) for ours, hf in _TEXT_HF_KEYS.items()}
+        vision = {hf: getattr(self.vision, ours) for ours, hf in _VISION_HF_KEYS.items()}
+        return {
+            "architectures": ["AltCLIPModel"],
+            "model_type": "altclip",
+            "projection_dim": self.projection_dim,
+            "logit_scale_init_value": self.logit_scale_init,
+            "text_config": {"model_type": "altclip_text_model", **text},
+            "vision_config": {"model_type": "altclip_vision_model", "projection_dim": self.projection_dim, **vision},
+        }

@@ -1,0 +1,147 @@
+"""AltCLIP: text tower + vision tower + projections + logit scale."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import AltCLIPConfig
+from .text import TextTower
+from .vision import VisionTower
+
+
+@dataclass
+class AltCLIPOutput:
+    """What :meth:`AltCLIP.forward` returns; embeddings are L2-normalised as in transformers."""
+
+    logits_per_image: torch.Tensor
+    logits_per_text: torch.Tensor
+    text_embeds: torch.Tensor
+    image_embeds: torch.Tensor
+    loss: torch.Tensor | None = None
+    text_hidden_states: tuple[torch.Tensor, ...] | None = None
+    vision_hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+def contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric cross-entropy over a square similarity matrix."""
+    labels = torch.arange(logits_per_text.shape[0], device=logits_per_text.device)
+    return (F.cross_entropy(logits_per_text, labels) + F.cross_entropy(logits_per_text.t(), labels)) / 2
+
+
+class AltCLIP(nn.Module):
+    """The AltCLIP model shared by every adapter. Numbers equal ``transformers.AltCLIPModel``."""
+
+    def __init__(self, config: AltCLIPConfig):
+        super().__init__()
+        self.config = config
+        self.text = TextTower(config.text)
+        self.vision = VisionTower(config.vision)
+        self.text_projection = nn.Linear(config.text.project_dim, config.projection_dim, bias=False)
+        self.visual_projection = nn.Linear(config.vision.width, config.projection_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init))
+        self.processor = None  # an AltCLIPProcessor, attached by from_pretrained
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        revision: str | None = None,
+    ) -> AltCLIP:
+        """Load from a registry name (``"AltCLIP"``), a hub id (``"BAAI/AltCLIP"``) or a local folder.
+
+        The checkpoint's tokenizer and preprocessing come along as ``model.processor``.
+        """
+        from ..bridges.files import resolve_checkpoint
+        from ..bridges.hf import load_hf_checkpoint
+        from ..processor import AltCLIPProcessor
+
+        folder = resolve_checkpoint(name_or_path, revision=revision)
+        model = load_hf_checkpoint(folder, device=device, dtype=dtype)
+        model.processor = AltCLIPProcessor.from_pretrained(folder)
+        return model
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Write a BAAI/AltCLIP-layout folder (config.json, model.safetensors, tokenizer and
+        preprocessor files) that ``transformers.AltCLIPModel`` and ``AltCLIPProcessor`` load."""
+        from ..bridges.hf import save_hf_checkpoint
+
+        save_hf_checkpoint(self, folder)
+        if self.processor is not None:
+            self.processor.save_pretrained(folder)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.logit_scale.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.logit_scale.device
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute block activations in the backward pass of both towers to save memory."""
+        self.vision.grad_checkpointing = enable
+        if enable:
+            self.text.encoder.gradient_checkpointing_enable({"use_reentrant": False})
+        else:
+            self.text.encoder.gradient_checkpointing_disable()
+
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, normalize: bool = False
+    ) -> torch.Tensor:
+        """Text embeddings [B, projection_dim]; ``attention_mask`` defaults to ``input_ids != pad``."""
+        pooled, _, _ = self.text(input_ids, attention_mask)
+        features = self.text_projection(pooled)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_image(
+        self, pixel_values: torch.Tensor, *, normalize: bool = False, interpolate_pos_encoding: bool = False
+    ) -> torch.Tensor:
+        """Image embeddings [B, projection_dim]."""
+        pooled, _, _ = self.vision(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        features = self.visual_projection(pooled)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        return_loss: bool = False,
+        output_hidden_states: bool = False,
+        interpolate_pos_encoding: bool = False,
+    ) -> AltCLIPOutput:
+        """Both logit matrices (scaled cosine similarities), normalised embeddings and, on request,
+        the contrastive loss (needs as many texts as images) and both towers' hidden states."""
+        text_pooled, _, text_states = self.text(input_ids, attention_mask, output_hidden_states=output_hidden_states)
+        image_pooled, _, image_states = self.vision(
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, output_hidden_states=output_hidden_states
+        )
+        text_embeds = F.normalize(self.text_projection(text_pooled), dim=-1)
+        image_embeds = F.normalize(self.visual_projection(image_pooled), dim=-1)
+        logits_per_text = text_embeds @ image_embeds.t() * self.logit_scale.exp()
+        loss = None
+        if return_loss:
+            if logits_per_text.shape[0] != logits_per_text.shape[1]:
+                raise ValueError(
+                    f"the contrastive loss needs one text per image; got {logits_per_text.shape[0]} texts "
+                    f"and {logits_per_text.shape[1]} images"
+                )
+            loss = contrastive_loss(logits_per_text)
+        return AltCLIPOutput(
+            logits_per_image=logits_per_text.t(),
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+            loss=loss,
+            text_hidden_states=text_states,
+            vision_hidden_states=image_states,
+        )

@@ -1,0 +1,93 @@
+"""Vision tower: a CLIP ViT built from timm's VisionTransformer parts."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..config import VisionConfig
+
+
+class VisionTower(nn.Module):
+    """Patch embedding + class token + position embedding, pre-LN, blocks, post-LN on the class token.
+
+    ``self.vit`` is a timm ``VisionTransformer`` (no head); its parameter names are the core's
+    vision layout. The forward pass is written here so that position embeddings interpolate
+    exactly as ``transformers`` does (bicubic, no antialiasing) and hidden states can be returned.
+    """
+
+    def __init__(self, config: VisionConfig):
+        super().__init__()
+        self.config = config
+        self.vit = VisionTransformer(
+            img_size=config.image_size,
+            patch_size=config.patch_size,
+            in_chans=config.channels,
+            num_classes=0,
+            global_pool="token",
+            embed_dim=config.width,
+            depth=config.layers,
+            num_heads=config.heads,
+            mlp_ratio=config.mlp_dim / config.width,
+            qkv_bias=True,
+            pre_norm=True,
+            norm_layer=partial(nn.LayerNorm, eps=config.layer_norm_eps),
+            act_layer=config.act,
+            weight_init="skip",
+        )
+        self.grad_checkpointing = False
+
+    @property
+    def width(self) -> int:
+        return self.config.width
+
+    def position_embedding(self, height: int, width: int) -> torch.Tensor:
+        """The position embedding for an image of ``height`` x ``width`` pixels, interpolated if needed."""
+        pos = self.vit.pos_embed
+        grid = self.config.image_size // self.config.patch_size
+        new_h, new_w = height // self.config.patch_size, width // self.config.patch_size
+        if (new_h, new_w) == (grid, grid):
+            return pos
+        patch_pos = pos[:, 1:].reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
+        patch_pos = nn.functional.interpolate(patch_pos, size=(new_h, new_w), mode="bicubic", align_corners=False)
+        return torch.cat([pos[:, :1], patch_pos.permute(0, 2, 3, 1).reshape(1, new_h * new_w, -1)], dim=1)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        *,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """Returns (pooled [B, width] after post-LN, last hidden state [B, T, width], hidden states or None).
+
+        Hidden states follow transformers: the input to the first block, then each block's output.
+        """
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.channels:
+            raise ValueError(
+                f"pixel_values must have shape [batch, {self.config.channels}, height, width]; got {tuple(pixel_values.shape)}"
+            )
+        height, width = pixel_values.shape[-2:]
+        size = self.config.image_size
+        if not interpolate_pos_encoding and (height, width) != (size, size):
+            raise ValueError(
+                f"Input image size ({height}*{width}) doesn't match model ({size}*{size}); "
+                "pass interpolate_pos_encoding=True to use other sizes"
+            )
+        vit = self.vit
+        x = vit.patch_embed.proj(pixel_values.to(vit.patch_embed.proj.weight.dtype)).flatten(2).transpose(1, 2)
+        x = torch.cat([vit.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = vit.norm_pre(x + self.position_embedding(height, width))
+        states = [x] if output_hidden_states else None
+        for block in vit.blocks:
+            if self.grad_checkpointing and self.training:
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+            if states is not None:
+                states.append(x)
+        return vit.norm(x[:, 0]), x, tuple(states) if states is not None else None
