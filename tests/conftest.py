@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny random AltCLIP checkpoints in the BAAI layout, and generated images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from altclip_adapters.tiny import make_checkpoint
+
+TEXTS = ["a photo of a cat", "一只狗的照片", "猫の写真", "ein Foto von einem Hund", "x"]
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """Tiny checkpoint, safetensors as transformers 5 writes it."""
+    return make_checkpoint(tmp_path_factory.mktemp("tiny"), "tiny", "safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_bin_dir(tmp_path_factory):
+    """The same weights as ``tiny_dir`` in the BAAI legacy layout (transformers 4 pickle)."""
+    return make_checkpoint(tmp_path_factory.mktemp("tiny_bin"), "tiny", "bin")
+
+
+@pytest.fixture(scope="session")
+def tiny_sharded_dir(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("tiny_sharded"), "tiny", "sharded")
+
+
+@pytest.fixture(scope="session")
+def m18_dir(tmp_path_factory):
+    """AltCLIP-m18's structure at toy size, with transformation_pre."""
+    return make_checkpoint(tmp_path_factory.mktemp("m18"), "m18", "safetensors")
+
+
+def make_images(n: int = 4, seed: int = 0) -> list[Image.Image]:
+    """Distinct RGB images of assorted sizes (odd ones too)."""
+    rng = np.random.RandomState(seed)
+    return [Image.fromarray(rng.randint(0, 256, (37 + 11 * i, 45 + 7 * i, 3), dtype=np.uint8)) for i in range(n)]
+
+
+@pytest.fixture
+def images():
+    return make_images()
+
+
+@pytest.fixture
+def texts():
+    return list(TEXTS)
