@@ -170,7 +170,7 @@ class AltCLIPProcessor:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"text {i} is a {type(text).__name__}, not a string")
-        length = self._check_context_length(context_length or self.context_length)
+        length = self._check_context_length(self.context_length if context_length is None else context_length)
         encoded = self.tokenizer(
             list(texts),
             padding="max_length" if pad_to_context_length else "longest",

@@ -89,9 +89,9 @@ class AltCLIP(nn.Module):
         """Recompute block activations in the backward pass of both towers to save memory."""
         self.vision.grad_checkpointing = enable
         if enable:
-            self.text.encoder.gradient_checkpointing_enable({"use_reentrant": False})
+            self.text.encoder.activation_checkpointing_enable({"use_reentrant": False})
         else:
-            self.text.encoder.gradient_checkpointing_disable()
+            self.text.encoder.activation_checkpointing_disable()
 
     def encode_text(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, normalize: bool = False
