@@ -1,0 +1,55 @@
+"""AltCLIP as a LangChain embedding model, for texts and images in one multilingual vector space."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+try:
+    from langchain_core.embeddings import Embeddings
+    from langchain_core.runnables.config import run_in_executor
+except ImportError as e:
+    raise ImportError(
+        "altclip_adapters.integrations.langchain needs LangChain: pip install 'altclip-adapters[langchain]'"
+    ) from e
+
+from ..core import AltCLIP
+from ._embedder import Embedder, ImageLike, check_batch_size
+
+
+class AltCLIPEmbeddings(Embeddings):
+    """A ``langchain_core`` ``Embeddings`` for AltCLIP: ``embed_documents`` / ``embed_query`` for texts (any of
+    AltCLIP's languages), ``embed_image(uris=...)`` for images, as multimodal vector stores call it.
+
+    ``model`` is a registry name (``"AltCLIP"``, ``"AltCLIP-m18"``), a hub id, a checkpoint folder or a loaded
+    ``AltCLIP``. Vectors have unit length; texts past ``context_length`` tokens (default 77) are truncated.
+    """
+
+    def __init__(
+        self,
+        model: str | Path | AltCLIP = "AltCLIP",
+        device: str | torch.device | None = None,
+        batch_size: int = 32,
+        *,
+        dtype: torch.dtype | None = None,
+        context_length: int | None = None,
+    ):
+        self.batch_size = check_batch_size(batch_size)
+        self._embedder = Embedder(model, device=device, dtype=dtype, context_length=context_length)
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """One vector per text."""
+        return self._embedder.embed_texts(texts, batch_size=self.batch_size)
+
+    def embed_query(self, text: str) -> list[float]:
+        """The vector of one text."""
+        return self._embedder.embed_texts([text], batch_size=1)[0]
+
+    def embed_image(self, uris: list[ImageLike]) -> list[list[float]]:
+        """One vector per image: file paths (also BytesIO, PIL images or uint8 arrays)."""
+        return self._embedder.embed_images(uris, batch_size=self.batch_size)
+
+    async def aembed_image(self, uris: list[ImageLike]) -> list[list[float]]:
+        """``embed_image`` in a worker thread."""
+        return await run_in_executor(None, self.embed_image, uris)

@@ -1,0 +1,190 @@
+"""AltCLIPEmbeddings in a real LangChain vector store, against transformers and the core."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from langchain_core.vectorstores import InMemoryVectorStore
+from PIL import Image
+from transformers import AltCLIPModel, AltCLIPProcessor
+
+from altclip_adapters import AltCLIP
+from altclip_adapters.integrations.langchain import AltCLIPEmbeddings
+from conftest import make_images
+
+TEXTS = ["a photo of a cat", "一只狗的照片", "猫の写真", "ein Foto von einem Hund", "une voiture rouge", "x"]
+
+
+@pytest.fixture(scope="module")
+def core(tiny_dir):
+    return AltCLIP.from_pretrained(tiny_dir)
+
+
+@pytest.fixture(scope="module")
+def embeddings(tiny_dir):
+    return AltCLIPEmbeddings(tiny_dir, batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def image_paths(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lc_images")
+    paths = []
+    for i, image in enumerate(make_images(5, seed=3)):
+        paths.append(str(folder / f"image{i}.png"))
+        image.save(paths[-1])
+    return paths
+
+
+def core_texts(core, texts):
+    with torch.no_grad():
+        return core.encode_text(**core.processor.tokenize(texts), normalize=True).numpy()
+
+
+def core_images(core, paths):
+    with torch.no_grad():
+        return core.encode_image(core.processor.images(paths), normalize=True).numpy()
+
+
+def ranking(query, candidates):
+    """Indices of ``candidates`` by decreasing cosine similarity to ``query``, and the similarities."""
+    scores = candidates @ query / (np.linalg.norm(candidates, axis=1) * np.linalg.norm(query))
+    return list(np.argsort(-scores)), scores
+
+
+def add_images(store: InMemoryVectorStore, uris: list[str]) -> None:
+    """What a multimodal store's ``add_images`` does: vectors from ``embed_image(uris=...)``, kept with the uri."""
+    for uri, vector in zip(uris, store.embeddings.embed_image(uris=uris)):
+        store.store[uri] = {"id": uri, "vector": vector, "text": uri, "metadata": {"kind": "image"}}
+
+
+def test_vectors_equal_transformers(tiny_dir, embeddings, image_paths):
+    reference, processor = AltCLIPModel.from_pretrained(tiny_dir).eval(), AltCLIPProcessor.from_pretrained(tiny_dir)
+    with torch.no_grad():
+        tokens = processor(text=TEXTS, padding=True, return_tensors="pt")
+        text = reference.get_text_features(**tokens).pooler_output
+        pixels = processor(images=[Image.open(p) for p in image_paths], return_tensors="pt")
+        image = reference.get_image_features(**pixels).pooler_output
+    text, image = torch.nn.functional.normalize(text, dim=-1), torch.nn.functional.normalize(image, dim=-1)
+    torch.testing.assert_close(torch.tensor(embeddings.embed_documents(TEXTS)), text, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.tensor(embeddings.embed_query(TEXTS[1])), text[1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.tensor(embeddings.embed_image(uris=image_paths)), image, atol=1e-5, rtol=0)
+
+
+def test_batches_of_batch_size(embeddings, image_paths):
+    sizes = []
+    model = embeddings._embedder.model
+    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(len(o))) for m in (model.text_projection, model.visual_projection)]
+    try:
+        vectors = embeddings.embed_documents(TEXTS[:5])
+        assert sizes == [2, 2, 1]
+        sizes.clear()
+        embeddings.embed_image(uris=image_paths)
+        assert sizes == [2, 2, 1]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert all(isinstance(x, float) for x in vectors[0])
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-6)
+    one_by_one = [embeddings.embed_query(text) for text in TEXTS[:5]]
+    np.testing.assert_allclose(vectors, one_by_one, atol=1e-5)
+
+
+def test_text_store_ranks_like_the_core(core, embeddings):
+    store = InMemoryVectorStore.from_texts(TEXTS, embeddings)
+    expected = core_texts(core, TEXTS)
+    for i, text in enumerate(TEXTS):
+        found = store.similarity_search_with_score(text, k=len(TEXTS))
+        order, scores = ranking(expected[i], expected)
+        assert found[0][0].page_content == text
+        assert [doc.page_content for doc, _ in found] == [TEXTS[j] for j in order]
+        np.testing.assert_allclose([score for _, score in found], scores[order], atol=1e-5)
+
+
+def test_images_through_embed_image(core, embeddings, image_paths):
+    store = InMemoryVectorStore.from_texts(TEXTS, embeddings)
+    add_images(store, image_paths)
+    image_vectors = core_images(core, image_paths)
+    everything = np.concatenate([core_texts(core, TEXTS), image_vectors])
+    names = TEXTS + image_paths
+    for path in image_paths:  # the identical image comes first
+        (query,) = embeddings.embed_image(uris=[path])
+        assert store.similarity_search_by_vector(query, k=1)[0].page_content == path
+    for text in TEXTS:  # a text finds what the core says is closest, images and texts alike
+        order, _ = ranking(core_texts(core, [text])[0], everything)
+        assert [doc.page_content for doc in store.similarity_search(text, k=len(names))] == [names[j] for j in order]
+        images_only = store.similarity_search(text, k=len(image_paths), filter=lambda doc: doc.metadata.get("kind") == "image")
+        assert images_only[0].page_content == image_paths[ranking(core_texts(core, [text])[0], image_vectors)[0][0]]
+
+
+def test_async_equals_sync(embeddings, image_paths):
+    async def run():
+        store = await InMemoryVectorStore.afrom_texts(TEXTS, embeddings)
+        return (
+            await embeddings.aembed_documents(TEXTS),
+            await embeddings.aembed_query(TEXTS[2]),
+            await embeddings.aembed_image(uris=image_paths),
+            await store.asimilarity_search(TEXTS[2], k=1),
+        )
+
+    documents, query, images, found = asyncio.run(run())
+    np.testing.assert_allclose(documents, embeddings.embed_documents(TEXTS), atol=1e-6)
+    np.testing.assert_allclose(query, embeddings.embed_query(TEXTS[2]), atol=1e-6)
+    np.testing.assert_allclose(images, embeddings.embed_image(uris=image_paths), atol=1e-6)
+    assert found[0].page_content == TEXTS[2]
+
+
+def test_loaded_model_and_half_precision(tiny_dir, embeddings):
+    half = AltCLIPEmbeddings(AltCLIP.from_pretrained(tiny_dir), dtype=torch.bfloat16)
+    vectors = half.embed_documents(TEXTS)
+    np.testing.assert_allclose(vectors, embeddings.embed_documents(TEXTS), atol=0.05)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-2)
+
+
+def test_context_length_truncates(tiny_dir, embeddings):
+    short = AltCLIPEmbeddings(tiny_dir, context_length=8)
+    long_text = "a photo of a cat " * 40
+    assert short.embed_query(long_text) == short.embed_query(long_text + " and a dog")
+    assert embeddings.embed_query(long_text) != short.embed_query(long_text)
+
+
+def test_bad_input(tiny_dir, embeddings, image_paths, tmp_path):
+    not_an_image = tmp_path / "notes.txt"
+    not_an_image.write_text("hello")
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        embeddings.embed_image(uris=[image_paths[0], str(tmp_path / "missing.png")])
+    with pytest.raises(ValueError, match="notes.txt"):
+        embeddings.embed_image(uris=[str(not_an_image)])
+    with pytest.raises(ValueError, match="no images"):
+        embeddings.embed_image(uris=[])
+    with pytest.raises(ValueError, match="no texts"):
+        embeddings.embed_documents([])
+    with pytest.raises(TypeError, match="must be a list"):
+        embeddings.embed_documents("a photo of a cat")
+    with pytest.raises(TypeError, match="text 1 is a int"):
+        embeddings.embed_documents(["a", 3])
+    with pytest.raises(ValueError, match="batch_size"):
+        AltCLIPEmbeddings(tiny_dir, batch_size=0)
+    with pytest.raises(ValueError, match="context_length"):
+        AltCLIPEmbeddings(tiny_dir, context_length=1000)
+    with pytest.raises(FileNotFoundError, match="no-such-model"):
+        AltCLIPEmbeddings("no-such-model")
+
+
+def test_missing_extra_names_it(monkeypatch):
+    for name in [m for m in sys.modules if m == "langchain_core" or m.startswith("langchain_core.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.delitem(sys.modules, "altclip_adapters.integrations.langchain")
+    with pytest.raises(ImportError, match=r"pip install 'altclip-adapters\[langchain\]'"):
+        importlib.import_module("altclip_adapters.integrations.langchain")
+
+
+def test_integrations_package_imports_no_framework():
+    code = "import sys, altclip_adapters.integrations; print(sorted(m for m in sys.modules if m.startswith(('langchain', 'llama_index'))))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert result.stdout.strip() == "[]"
