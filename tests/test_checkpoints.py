@@ -72,14 +72,15 @@ def test_missing_extra_and_misshaped_tensors_are_all_listed(tiny_dir, tmp_path):
     def change(state):
         del state["text_projection.weight"]
         del state["vision_model.encoder.layer.1.self_attn.k_proj.bias"]
-        state["text_model.roberta.pooler.dense.weight"] = torch.zeros(2, 2)
+        state["text_model.extra_head.weight"] = torch.zeros(2, 2)
+        state["text_model.roberta.pooler.dense.weight"] = torch.zeros(2, 2)  # unused by AltCLIP: tolerated
 
     edit_weights(folder, change)
     with pytest.raises(ValueError) as error:
         AltCLIP.from_pretrained(folder)
     message = str(error.value)
     assert "missing (2): text_projection.weight, vision_model.encoder.layers.1.self_attn.k_proj.bias" in message
-    assert "unexpected (1): text_model.roberta.pooler.dense.weight" in message
+    assert "unexpected (1): text_model.extra_head.weight" in message
 
 
 def test_misshaped_tensor_is_named(tiny_dir, tmp_path):

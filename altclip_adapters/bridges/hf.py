@@ -41,11 +41,14 @@ HF_TABLE: list[Rule] = [
     rule("vision.vit.norm.{p}",                 "vision_model.post_layernorm.{p}"),
 ]
 
-# Index buffers that transformers 4 wrote into checkpoints; they hold no learned values.
+# Tensors a checkpoint may carry that AltCLIP never uses: index buffers transformers 4 wrote, and
+# XLM-R's pooler, which FlagAI-era files may hold (transformers once listed it as ignorable).
 IGNORED = {
     "text_model.roberta.embeddings.position_ids",
     "text_model.roberta.embeddings.token_type_ids",
     "vision_model.embeddings.position_ids",
+    "text_model.roberta.pooler.dense.weight",
+    "text_model.roberta.pooler.dense.bias",
 }
 
 # Layer lists are spelled `encoder.layer.N` (text, BAAI files; both towers in files written by
