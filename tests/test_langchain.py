@@ -51,10 +51,13 @@ def core_images(core, paths):
         return core.encode_image(core.processor.images(paths), normalize=True).numpy()
 
 
-def ranking(query, candidates):
-    """Indices of ``candidates`` by decreasing cosine similarity to ``query``, and the similarities."""
-    scores = candidates @ query / (np.linalg.norm(candidates, axis=1) * np.linalg.norm(query))
-    return list(np.argsort(-scores)), scores
+def assert_ranked(found, names, query, candidates):
+    """LangChain's ``(document, score)`` hits are the brute-force cosine ranking of ``candidates`` (named by
+    ``names``) for ``query``, with the same scores; items closer than 1e-5 may come in either order."""
+    expected = candidates @ query / (np.linalg.norm(candidates, axis=1) * np.linalg.norm(query))
+    hits = [names.index(doc.page_content) for doc, _ in found]
+    np.testing.assert_allclose([score for _, score in found], expected[hits], atol=1e-5)
+    np.testing.assert_allclose(expected[hits], np.sort(expected)[::-1][: len(hits)], atol=1e-5)
 
 
 def add_images(store: InMemoryVectorStore, uris: list[str]) -> None:
@@ -100,10 +103,8 @@ def test_text_store_ranks_like_the_core(core, embeddings):
     expected = core_texts(core, TEXTS)
     for i, text in enumerate(TEXTS):
         found = store.similarity_search_with_score(text, k=len(TEXTS))
-        order, scores = ranking(expected[i], expected)
         assert found[0][0].page_content == text
-        assert [doc.page_content for doc, _ in found] == [TEXTS[j] for j in order]
-        np.testing.assert_allclose([score for _, score in found], scores[order], atol=1e-5)
+        assert_ranked(found, TEXTS, expected[i], expected)
 
 
 def test_images_through_embed_image(core, embeddings, image_paths):
@@ -115,11 +116,12 @@ def test_images_through_embed_image(core, embeddings, image_paths):
     for path in image_paths:  # the identical image comes first
         (query,) = embeddings.embed_image(uris=[path])
         assert store.similarity_search_by_vector(query, k=1)[0].page_content == path
-    for text in TEXTS:  # a text finds what the core says is closest, images and texts alike
-        order, _ = ranking(core_texts(core, [text])[0], everything)
-        assert [doc.page_content for doc in store.similarity_search(text, k=len(names))] == [names[j] for j in order]
-        images_only = store.similarity_search(text, k=len(image_paths), filter=lambda doc: doc.metadata.get("kind") == "image")
-        assert images_only[0].page_content == image_paths[ranking(core_texts(core, [text])[0], image_vectors)[0][0]]
+    for text, query in zip(TEXTS, core_texts(core, TEXTS)):  # a text finds what the core says is closest
+        assert_ranked(store.similarity_search_with_score(text, k=len(names)), names, query, everything)
+        is_image = lambda doc: doc.metadata.get("kind") == "image"  # noqa: E731
+        images_only = store.similarity_search_with_score(text, k=len(image_paths), filter=is_image)
+        assert images_only[0][0].page_content == image_paths[int(np.argmax(image_vectors @ query))]
+        assert_ranked(images_only, image_paths, query, image_vectors)
 
 
 def test_async_equals_sync(embeddings, image_paths):
