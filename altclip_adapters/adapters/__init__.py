@@ -1,0 +1,1 @@
+"""Ecosystem adapters; each submodule imports its own ecosystem, this package imports none."""

@@ -1,0 +1,285 @@
+"""AltCLIP as an open_clip architecture: model configs, ``baai`` pretrained tags, the model class.
+
+open_clip has no plugin hook, but ``open_clip.factory.create_model`` looks up the name
+``CustomTextCLIP`` in its module at call time and passes every model-config key to it as a keyword.
+:func:`register` puts a dispatching subclass under that name: a config carrying the ``"altclip"``
+key builds :class:`AltCLIPOpenCLIP`, every other config builds open_clip's own class, as before.
+Everything else (``hf-hub:`` / ``local-dir:`` schemas, tags, precision, checkpoint loading,
+transforms, ``HFTokenizer``, ``save_for_hf``) is open_clip's own code.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from open_clip import factory, pretrained
+from open_clip.model import set_model_preprocess_cfg
+from open_clip.tokenizer import HFTokenizer
+from open_clip.transform import PreprocessCfg
+from torch import nn
+
+from .. import registry
+from ..bridges.files import open_weights, resolve_checkpoint
+from ..bridges.hf import HF_TABLE, IGNORED, canonical_key, read_config, save_hf_checkpoint
+from ..bridges.mapping import import_state_dict
+from ..config import AltCLIPConfig
+from ..core.model import AltCLIP
+from ..processor import DEFAULT_CONTEXT_LENGTH, AltCLIPProcessor, ImageTransform
+
+MARKER = "altclip"  # the model-config key that selects AltCLIP; its value is an AltCLIPConfig dict
+PRETRAINED_TAG = "baai"
+_HF_PREFIXES = ("text_model.", "vision_model.")  # keys of BAAI / transformers AltCLIP checkpoints
+_INTERPOLATION = {"bicubic": 3, "bilinear": 2}  # open_clip name -> PIL code in preprocessor configs
+
+
+def model_config(source: str | Path) -> dict[str, Any]:
+    """open_clip's model config for a registry name (``"AltCLIP"``) or for a checkpoint folder in the
+    BAAI/transformers layout (the tokenizer is then the folder's)."""
+    card = registry.find(str(source))
+    if card is not None:
+        config = AltCLIPConfig.from_dict(card["architecture"])
+        tokenizer, context_length = card["hub"]["repo_id"], card["tokenizer"]["context_length"]
+    else:
+        folder = Path(source)
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"{str(source)!r} is neither an AltCLIP registry name ({', '.join(registry.names())}) "
+                "nor a checkpoint folder"
+            )
+        config = read_config(folder)
+        config.text.transformation_pre = "text_model.transformation_pre.weight" in open_weights(folder).keys()
+        tokenizer, context_length = str(folder.resolve()), DEFAULT_CONTEXT_LENGTH
+    return {
+        "embed_dim": config.projection_dim,
+        "custom_text": True,  # sends create_model to CustomTextCLIP, where the dispatch sits
+        "vision_cfg": {"image_size": config.vision.image_size},
+        "text_cfg": {"context_length": context_length, "vocab_size": config.text.vocab_size, "hf_tokenizer_name": tokenizer},
+        MARKER: config.to_dict(),
+    }
+
+
+def _params(item: nn.Module | nn.Parameter) -> list[nn.Parameter]:
+    return list(item.parameters()) if isinstance(item, nn.Module) else [item]
+
+
+class AltCLIPOpenCLIP(AltCLIP):
+    """The shared core under open_clip's model contract; its state dict is the core's.
+
+    Built by ``open_clip.create_model`` from a model config (see :func:`model_config`). It also
+    loads BAAI/transformers AltCLIP state dicts (``load_state_dict`` maps them through the HF
+    bridge), so ``pretrained=`` may name such a ``.bin`` / ``.safetensors`` file.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        vision_cfg: dict[str, Any],
+        text_cfg: dict[str, Any],
+        altclip: dict[str, Any],
+        quick_gelu: bool = False,
+        init_logit_scale: float | None = None,
+        init_logit_bias: float | None = None,
+        cast_dtype: torch.dtype | None = None,  # open_clip's fp16/bf16: see _precision()
+        output_dict: bool = False,
+    ):
+        config = AltCLIPConfig.from_dict(altclip)
+        if embed_dim != config.projection_dim:
+            raise ValueError(f"embed_dim {embed_dim} differs from the AltCLIP projection_dim {config.projection_dim}")
+        if vision_cfg.get("patch_dropout"):
+            raise ValueError("AltCLIP does not support patch dropout (force_patch_dropout / vision_cfg.patch_dropout)")
+        if quick_gelu:
+            config.vision.act = "quick_gelu"
+        if init_logit_scale is not None:
+            config.logit_scale_init = float(init_logit_scale)
+        super().__init__(config)
+        self.logit_bias = nn.Parameter(torch.tensor(float(init_logit_bias))) if init_logit_bias is not None else None
+        self.output_dict = output_dict
+        self.context_length = text_cfg.get("context_length", DEFAULT_CONTEXT_LENGTH)
+        self.vocab_size = config.text.vocab_size
+        image_size = vision_cfg.get("image_size", config.vision.image_size)
+        native = config.vision.image_size
+        # other sizes (force_image_size) interpolate the position embedding, as transformers does
+        self._interpolate = tuple(image_size) != (native, native) if isinstance(image_size, (tuple, list)) else image_size != native
+        self.vision.image_size = image_size
+        set_model_preprocess_cfg(self, asdict(PreprocessCfg(size=image_size)))
+
+    @property
+    def visual(self) -> nn.Module:
+        """The vision tower, carrying open_clip's ``image_size`` and ``preprocess_cfg``."""
+        return self.vision
+
+    def _precision(self) -> AbstractContextManager:
+        """open_clip's fp16/bf16 cast Linear weights and keep norms and embeddings in fp32: run those mixed
+        weights under autocast. fp32 and pure_fp16/pure_bf16 weights run as they are."""
+        low = self.text_projection.weight.dtype
+        if low != self.text.pre_ln.weight.dtype:
+            return torch.autocast(self.device.type, dtype=low)
+        return nullcontext()
+
+    def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        with self._precision():
+            return super().encode_image(image, normalize=normalize, interpolate_pos_encoding=self._interpolate)
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Text embeddings for token ids padded with the pad id (the attention mask is derived from it)."""
+        with self._precision():
+            return super().encode_text(text, normalize=normalize)
+
+    def forward(self, image: torch.Tensor | None = None, text: torch.Tensor | None = None):
+        """Normalised features and the logit scale (and bias), as a tuple or, with ``output_dict``, a dict."""
+        image_features = self.encode_image(image, normalize=True) if image is not None else None
+        text_features = self.encode_text(text, normalize=True) if text is not None else None
+        logit_scale = self.logit_scale.exp()
+        if self.output_dict:
+            out = {"image_features": image_features, "text_features": text_features, "logit_scale": logit_scale}
+            if self.logit_bias is not None:
+                out["logit_bias"] = self.logit_bias
+            return out
+        if self.logit_bias is not None:
+            return image_features, text_features, logit_scale, self.logit_bias
+        return image_features, text_features, logit_scale
+
+    def lock_image_tower(self, unlocked_groups: int = 0, freeze_bn_stats: bool = False) -> None:
+        """Freeze the vision tower and its projection except the last ``unlocked_groups`` groups
+        (grouped as open_clip's VisionTransformer: stem, each block, last block + norm, projection)."""
+        vit = self.vision.vit
+        groups = [
+            [vit.patch_embed, vit.cls_token, vit.pos_embed, vit.norm_pre],
+            *([block] for block in vit.blocks[:-1]),
+            [vit.blocks[-1], vit.norm],
+            [self.visual_projection],
+        ]
+        for group in groups:
+            for item in group:
+                for param in _params(item):
+                    param.requires_grad = False
+        for group in groups[len(groups) - unlocked_groups :] if unlocked_groups else []:
+            for item in group:
+                for param in _params(item):
+                    param.requires_grad = True
+
+    def lock_text_tower(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
+        """Freeze the XLM-R encoder except its last ``unlocked_layers`` layers, as open_clip's
+        HFTextEncoder does; the AltCLIP head and ``text_projection`` stay trainable."""
+        encoder = self.text.encoder
+        modules = [encoder.embeddings, *encoder.encoder.layer]
+        for module in modules[: len(modules) - unlocked_layers]:
+            for name, param in module.named_parameters():
+                param.requires_grad = (not freeze_layer_norm) if "LayerNorm" in name.split(".") else False
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load this model's own state dict or a BAAI/transformers AltCLIP one (mapped strictly)."""
+        if any(key.startswith(_HF_PREFIXES) for key in state_dict):
+            state_dict = self._import_hf(state_dict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _import_hf(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        own = {key: state[key] for key in ("logit_bias",) if key in state}  # added by open_clip for SigLIP training
+        foreign = {canonical_key(k): v for k, v in state.items() if k not in own and canonical_key(k) not in IGNORED}
+        expected = {k: v for k, v in self.state_dict().items() if k not in ("logit_bias",)}
+        imported = import_state_dict(
+            HF_TABLE, expected, foreign.__getitem__, set(foreign), source="a BAAI/transformers AltCLIP checkpoint"
+        )
+        return {**imported, **own}
+
+
+def save_hf(model: AltCLIPOpenCLIP, tokenizer: HFTokenizer, folder: str | Path) -> Path:
+    """Write ``model`` (e.g. fine-tuned with open_clip_train) and its open_clip tokenizer as a
+    BAAI/AltCLIP-layout folder that ``transformers.AltCLIPModel`` and ``AltCLIPProcessor`` load."""
+    if not isinstance(model, AltCLIPOpenCLIP):
+        raise TypeError(f"expected an open_clip AltCLIP model; got {type(model).__name__}")
+    if model.logit_bias is not None:
+        raise ValueError("this model has a SigLIP logit_bias, which the BAAI/AltCLIP layout cannot hold")
+    folder = Path(folder)
+    save_hf_checkpoint(model, folder)
+    pp, size = model.visual.preprocess_cfg, model.config.vision.image_size
+    transform = ImageTransform(
+        shortest_edge=size,
+        crop_size=(size, size),
+        resample=_INTERPOLATION.get(pp["interpolation"], 3),
+        mean=tuple(pp["mean"]),
+        std=tuple(pp["std"]),
+    )
+    AltCLIPProcessor(tokenizer.tokenizer, transform, model.context_length).save_pretrained(folder)
+    return folder
+
+
+def save_for_open_clip(source: str | Path, folder: str | Path) -> Path:
+    """Write an AltCLIP checkpoint (registry name, hub id or BAAI-layout folder) as an open_clip folder
+    (``save_for_hf`` layout): ``create_model('local-dir:<folder>')`` loads it, and so does
+    ``'hf-hub:<repo>'`` once the folder is uploaded."""
+    from open_clip.push_to_hf_hub import save_for_hf
+
+    checkpoint = resolve_checkpoint(source)
+    config = model_config(source if registry.find(str(source)) else checkpoint)
+    model = AltCLIPOpenCLIP(**{k: v for k, v in config.items() if k != "custom_text"})
+    weights = open_weights(checkpoint)
+    model.load_state_dict({key: weights.get(key) for key in weights.keys()})
+    transform = AltCLIPProcessor.from_pretrained(checkpoint).image_transform
+    interpolation = {code: name for name, code in _INTERPOLATION.items()}[transform.resample]
+    set_model_preprocess_cfg(
+        model,
+        {**model.visual.preprocess_cfg, "mean": list(transform.mean), "std": list(transform.std), "interpolation": interpolation},
+    )
+    tokenizer = HFTokenizer(str(checkpoint), context_length=config["text_cfg"]["context_length"])
+    save_for_hf(model, tokenizer, config, folder)
+    return Path(folder)
+
+
+def _dispatching(real: type) -> type:
+    class CustomTextCLIP(real):
+        """open_clip's CustomTextCLIP, except that a model config with an ``"altclip"`` key builds AltCLIP."""
+
+        altclip_defers_to = real
+
+        def __new__(cls, *args, **kwargs):
+            if MARKER in kwargs:
+                return AltCLIPOpenCLIP(*args, **kwargs)
+            return real(*args, **kwargs)  # not an instance of cls, so its __init__ is not run twice
+
+    CustomTextCLIP.__module__ = __name__
+    return CustomTextCLIP
+
+
+def _check_open_clip() -> None:
+    """Fail loudly if open_clip no longer has what the registration relies on."""
+    problems = [f"open_clip.factory.{name} is missing" for name in ("_MODEL_CONFIGS", "_rescan_model_configs", "create_model")
+                if not hasattr(factory, name)]
+    if not isinstance(getattr(factory, "CustomTextCLIP", None), type):
+        problems.append("open_clip.factory.CustomTextCLIP is not a class")
+    elif hasattr(factory, "create_model") and "CustomTextCLIP" not in factory.create_model.__code__.co_names:
+        problems.append("open_clip.factory.create_model no longer looks up CustomTextCLIP when it builds a model")
+    if not isinstance(getattr(pretrained, "_PRETRAINED", None), dict):
+        problems.append("open_clip.pretrained._PRETRAINED is missing")
+    if problems:
+        raise ImportError(
+            f"altclip_adapters cannot register AltCLIP with open_clip {open_clip.__version__}: {'; '.join(problems)}. "
+            "It supports open_clip_torch 3.3; set ALTCLIP_ADAPTERS_NO_AUTOLOAD=1 to import open_clip without AltCLIP."
+        )
+
+
+def register() -> None:
+    """Add ``AltCLIP``, ``AltCLIP-m9`` and ``AltCLIP-m18`` to open_clip: model configs, a ``baai``
+    pretrained tag each (the BAAI hub weights) and the model dispatch. Idempotent."""
+    _check_open_clip()
+    for name, card in registry.cards().items():
+        factory._MODEL_CONFIGS[name] = model_config(name)
+        prep = card["preprocessing"]
+        pretrained._PRETRAINED[name] = {
+            PRETRAINED_TAG: {
+                "url": "",
+                "hf_hub": f"{card['hub']['repo_id']}/{card['hub']['weights']}",
+                "mean": tuple(prep["mean"]),
+                "std": tuple(prep["std"]),
+                "interpolation": prep["interpolation"],
+                "resize_mode": "shortest",
+            }
+        }
+    factory._rescan_model_configs()  # keeps list_models() sorted
+    if not hasattr(factory.CustomTextCLIP, "altclip_defers_to"):
+        factory.CustomTextCLIP = _dispatching(factory.CustomTextCLIP)
