@@ -82,7 +82,8 @@ def test_vectors_equal_transformers(tiny_dir, embeddings, image_paths):
 def test_batches_of_batch_size(embeddings, image_paths):
     sizes = []
     model = embeddings._embedder.model
-    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(len(o))) for m in (model.text_projection, model.visual_projection)]
+    projections = (model.text_projection, model.visual_projection)  # one call per forward pass
+    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(len(o))) for m in projections]
     try:
         vectors = embeddings.embed_documents(TEXTS[:5])
         assert sizes == [2, 2, 1]
@@ -187,6 +188,9 @@ def test_missing_extra_names_it(monkeypatch):
 
 
 def test_integrations_package_imports_no_framework():
-    code = "import sys, altclip_adapters.integrations; print(sorted(m for m in sys.modules if m.startswith(('langchain', 'llama_index'))))"
+    code = (
+        "import sys, altclip_adapters.integrations; "
+        "print(sorted(m for m in sys.modules if m.startswith(('langchain', 'llama_index'))))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert result.stdout.strip() == "[]"

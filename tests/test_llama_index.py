@@ -107,7 +107,8 @@ def test_vectors_equal_the_core(core, embed, image_paths, png_bytes, pictures):
 def test_respects_embed_batch_size(tiny_dir, image_paths):
     embed = AltCLIPEmbedding(str(tiny_dir), embed_batch_size=3)
     model, sizes = embed._embedder.model, []
-    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(len(o))) for m in (model.text_projection, model.visual_projection)]
+    projections = (model.text_projection, model.visual_projection)  # one call per forward pass
+    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(len(o))) for m in projections]
     try:
         embed.get_text_embedding_batch(TEXTS + ["y"])
         assert sizes == [3, 3, 1]

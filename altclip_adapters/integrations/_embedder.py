@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Union
+from typing import IO
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -13,7 +13,7 @@ from PIL import Image, UnidentifiedImageError
 from ..core import AltCLIP
 from ..processor import AltCLIPProcessor, ImageInput, load_image
 
-ImageLike = Union[ImageInput, IO[bytes]]  # paths, PIL images, uint8 arrays, or open binary files such as BytesIO
+ImageLike = ImageInput | IO[bytes]  # paths, PIL images, uint8 arrays, or open binary files such as BytesIO
 
 
 def default_device() -> str:
