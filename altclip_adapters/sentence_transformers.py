@@ -1,0 +1,301 @@
+"""AltCLIP for sentence-transformers: texts in any language and images, embedded into one space.
+
+``load(name)`` gives a plain ``SentenceTransformer`` whose input module, :class:`AltCLIPModule`,
+runs the shared core. Saved folders reload with ``SentenceTransformer(folder, trust_remote_code=True)``
+(the module class lives in this package, not in sentence-transformers); ``export_native`` writes a
+folder on sentence-transformers' own ``Transformer`` module that needs no code from this package.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.modality import is_image_url_or_path
+from sentence_transformers.base.modules import InputModule, Normalize, Transformer
+
+from . import __version__
+from .core import AltCLIP
+from .processor import DEFAULT_CONTEXT_LENGTH, AltCLIPProcessor
+
+MODALITIES = ["text", "image"]
+# sentence-transformers' own Transformer module on a transformers AltCLIPModel: the same projections.
+NATIVE_MODALITY_CONFIG = {
+    "text": {"method": "get_text_features", "method_output_name": "pooler_output"},
+    "image": {"method": "get_image_features", "method_output_name": "pooler_output"},
+}
+# Written into config_sentence_transformers.json: a machine without this package gets an install hint.
+REQUIREMENTS = {
+    "altclip-adapters": {
+        "specifier": f">={__version__}",
+        "reason": "The input module altclip_adapters.sentence_transformers.AltCLIPModule comes from this package.",
+    }
+}
+
+
+class AltCLIPModule(InputModule):
+    """AltCLIP's text and image towers as a sentence-transformers input module.
+
+    Texts are truncated at ``max_seq_length`` tokens (77 by default, as AltCLIP was trained; at
+    most 512). Images are PIL images, ``pathlib.Path`` objects, uint8 arrays (HWC or CHW), image
+    file path strings, image URLs or ``data:image/...`` URIs. Outputs ``sentence_embedding``
+    (the unnormalised projection; follow it with ``Normalize`` for cosine similarity).
+    """
+
+    # The module's own settings; the folder's config.json stays the transformers AltCLIP config.
+    config_file_name = "altclip_sentence_transformers.json"
+    config_keys = ["max_seq_length"]
+    save_in_root = True
+
+    def __init__(self, model: AltCLIP, max_seq_length: int = DEFAULT_CONTEXT_LENGTH):
+        super().__init__()
+        if not isinstance(model.processor, AltCLIPProcessor):
+            raise ValueError("the AltCLIP model has no processor: load it with AltCLIP.from_pretrained(...)")
+        self.model = model
+        self.max_seq_length = max_seq_length
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(MODALITIES)
+
+    @property
+    def processor(self) -> AltCLIPProcessor:
+        return self.model.processor
+
+    @property
+    def tokenizer(self):
+        return self.model.processor.tokenizer
+
+    @property
+    def max_seq_length(self) -> int:
+        return self.model.processor.context_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        self.model.processor.context_length = AltCLIPProcessor._check_context_length(value)
+
+    def get_embedding_dimension(self) -> int:
+        return self.model.config.projection_dim
+
+    def preprocess(self, inputs: Sequence[Any], prompt: str | None = None, **kwargs) -> dict[str, Any]:
+        """Token ids for a batch of texts (``prompt`` prepended), or pixel values for a batch of images.
+
+        A caller's ``max_length`` (the trainer's) overrides ``max_seq_length`` for this batch.
+        """
+        if len(inputs) == 0:
+            raise ValueError("no inputs given: pass a non-empty list of texts or of images")
+        kinds = {_input_kind(item) for item in inputs}
+        if len(kinds) > 1:
+            raise ValueError("this batch mixes texts and images; encode each modality separately, one call per modality")
+        if kinds == {"text"}:
+            texts = [_unwrap(text) for text in inputs]
+            if prompt:
+                texts = [prompt + text for text in texts]
+            length = kwargs.get("max_length") or self.max_seq_length
+            return {**self.processor.tokenize(texts, context_length=length), "modality": "text"}
+        return {"pixel_values": torch.stack([self._pixels(_unwrap(image)) for image in inputs]), "modality": "image"}
+
+    def _pixels(self, image: Any) -> torch.Tensor:
+        if isinstance(image, str) and image.startswith(("http://", "https://", "data:image/")):
+            from transformers.image_utils import load_image as fetch_image
+
+            try:
+                image = fetch_image(image)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"cannot fetch the image {_describe(image)}: {e}") from e
+        try:
+            return self.processor.image_transform(image)
+        except (OSError, ValueError, TypeError) as e:
+            if isinstance(image, (str, Path)):
+                raise  # the message names the file
+            raise type(e)(f"{e} (input: {_describe(image)})") from e
+
+    def forward(self, features: dict[str, Any], **kwargs) -> dict[str, Any]:
+        if features.get("modality", "text") == "text":
+            embeddings = self.model.encode_text(features["input_ids"], features["attention_mask"])
+        else:
+            embeddings = self.model.encode_image(features["pixel_values"].to(self.model.dtype))
+        features["sentence_embedding"] = embeddings
+        return features
+
+    def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
+        """Write the checkpoint in the BAAI/AltCLIP layout (config.json, model.safetensors, tokenizer,
+        preprocessor config), this module's config, and the package requirement of the model."""
+        self.model.save_pretrained(output_path)
+        self.save_config(output_path)
+        model_config = Path(output_path) / "config_sentence_transformers.json"
+        if model_config.is_file():  # written by SentenceTransformer.save just before the modules
+            data = json.loads(model_config.read_text())
+            data["requirements"] = {**data.get("requirements", {}), **REQUIREMENTS}
+            model_config.write_text(json.dumps(data, indent=2, sort_keys=True))
+
+    @classmethod
+    def load(
+        cls,
+        model_name_or_path: str,
+        subfolder: str = "",
+        token: bool | str | None = None,
+        cache_folder: str | None = None,
+        revision: str | None = None,
+        local_files_only: bool = False,
+        model_kwargs: dict[str, Any] | None = None,
+        init_defaults: dict[str, Any] | None = None,
+        **kwargs,
+    ) -> AltCLIPModule:
+        """Load from a folder written by :meth:`save`, locally or on the Hugging Face hub.
+
+        ``model_kwargs={"dtype": torch.bfloat16}`` (or ``torch_dtype``) picks the weights' dtype.
+        """
+        hub = dict(token=token, cache_folder=cache_folder, revision=revision, local_files_only=local_files_only)
+        config = {**(init_defaults or {}), **cls.load_config(model_name_or_path, subfolder=subfolder, **hub)}
+        folder = cls.load_dir_path(model_name_or_path, subfolder=subfolder, **hub)
+        model_kwargs = model_kwargs or {}
+        dtype = model_kwargs.get("dtype", model_kwargs.get("torch_dtype"))
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+        core = AltCLIP.from_pretrained(folder, dtype=dtype if isinstance(dtype, torch.dtype) else None)
+        return cls(core, **config)
+
+
+def _unwrap(item: Any) -> Any:
+    """The value of a one-key ``{"text": ...}`` / ``{"image": ...}`` dict, else the item itself."""
+    return next(iter(item.values())) if isinstance(item, dict) else item
+
+
+def _describe(item: Any) -> str:
+    """A short name for one input, for error messages (batches are reordered by length)."""
+    if isinstance(item, (np.ndarray, torch.Tensor)):
+        return f"{type(item).__name__} of shape {tuple(item.shape)} and dtype {item.dtype}"
+    if isinstance(item, Image.Image):
+        return f"PIL image {item.width}x{item.height} ({item.mode})"
+    text = repr(item)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _input_kind(item: Any) -> str:
+    """``"text"`` or ``"image"`` for one input, by sentence-transformers' rules; raises ValueError naming it."""
+    if isinstance(item, dict):
+        if len(item) != 1 or next(iter(item)) not in MODALITIES:
+            raise ValueError(
+                f"input {_describe(item)}: AltCLIP takes {{'text': ...}} or {{'image': ...}}, one modality per input"
+            )
+        kind, value = next(iter(item.items()))
+        if kind == "text" and not isinstance(value, str):
+            raise ValueError(f"input {_describe(item)}: the 'text' value is a {type(value).__name__}, not a string")
+        return kind if kind == "image" else _input_kind(value)
+    if item is None:
+        raise ValueError("an input is None; expected a text or an image")
+    if isinstance(item, str):
+        # As sentence-transformers documents: an existing image file, image URL or data URI is an image.
+        return "image" if is_image_url_or_path(item) else "text"
+    if isinstance(item, (Image.Image, Path, np.ndarray, torch.Tensor)):
+        return "image"
+    if isinstance(item, (list, tuple)):
+        raise ValueError(
+            f"input {_describe(item)} is a nested {type(item).__name__}; AltCLIP embeds single texts or images "
+            "(pass one flat list, no pairs)"
+        )
+    raise ValueError(
+        f"input {_describe(item)} is a {type(item).__name__}; expected a string, a PIL image, a pathlib.Path "
+        "or a uint8 array"
+    )
+
+
+def load(
+    name_or_path: str | Path,
+    *,
+    normalize: bool = True,
+    context_length: int | None = None,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+    revision: str | None = None,
+    **kwargs,
+) -> SentenceTransformer:
+    """A ``SentenceTransformer`` for AltCLIP: a registry name (``"AltCLIP"``), a hub id
+    (``"BAAI/AltCLIP"``), a checkpoint folder, or a sentence-transformers folder saved from one.
+
+    ``normalize`` appends a ``Normalize`` module; similarity is cosine. ``context_length`` caps the
+    text tokens (default 77, at most 512). Other keyword arguments go to ``SentenceTransformer``.
+    """
+    path = Path(name_or_path).expanduser()
+    if (path / "modules.json").is_file():
+        return _load_saved(path, context_length=context_length, device=device, dtype=dtype, **kwargs)
+    core = AltCLIP.from_pretrained(name_or_path, dtype=dtype, revision=revision)
+    modules = [AltCLIPModule(core, context_length or DEFAULT_CONTEXT_LENGTH)] + ([Normalize()] if normalize else [])
+    return SentenceTransformer(modules=modules, device=device, similarity_fn_name="cosine", **kwargs)
+
+
+def _load_saved(path: Path, *, context_length: int | None, device: str | None, dtype, **kwargs) -> SentenceTransformer:
+    """A saved sentence-transformers folder whose modules come from this package or sentence-transformers."""
+    types = [entry["type"] for entry in json.loads((path / "modules.json").read_text())]
+    foreign = [t for t in types if not t.startswith(("sentence_transformers.", f"{__name__}."))]
+    if foreign:
+        raise ValueError(
+            f"{path} uses module classes from outside sentence-transformers and altclip_adapters ({', '.join(foreign)}); "
+            "load it with SentenceTransformer(folder, trust_remote_code=True) if you trust them"
+        )
+    model_kwargs = {**kwargs.pop("model_kwargs", {}), **({"dtype": dtype} if dtype is not None else {})}
+    # Only classes checked above are imported, so trusting the folder's code is safe here.
+    model = SentenceTransformer(str(path), device=device, trust_remote_code=True, model_kwargs=model_kwargs, **kwargs)
+    if context_length is not None:
+        model.max_seq_length = context_length
+    return model
+
+
+def altclip_module(model: SentenceTransformer) -> AltCLIPModule:
+    """The :class:`AltCLIPModule` a ``SentenceTransformer`` starts with; raises ValueError otherwise."""
+    first = model[0] if len(model) else None
+    if not isinstance(first, AltCLIPModule):
+        raise ValueError(f"this SentenceTransformer starts with {type(first).__name__}, not AltCLIPModule")
+    return first
+
+
+def save_checkpoint(model: SentenceTransformer, folder: str | Path) -> Path:
+    """Write the (e.g. fine-tuned) AltCLIP of ``model`` as a BAAI/AltCLIP-layout checkpoint folder,
+    which ``transformers.AltCLIPModel``, ``AltCLIP.from_pretrained`` and every adapter load."""
+    altclip_module(model).model.save_pretrained(folder)
+    return Path(folder)
+
+
+def export_native(
+    model_or_name: SentenceTransformer | AltCLIP | str | Path,
+    folder: str | Path,
+    *,
+    context_length: int | None = None,
+) -> Path:
+    """Write a sentence-transformers folder on its own ``Transformer`` module over a transformers
+    AltCLIP checkpoint (text and image modalities, text length cap, ``Normalize``, cosine).
+
+    It loads with a bare ``SentenceTransformer(folder)`` where this package is not installed, and
+    gives the same embeddings. ``model_or_name``: a model from :func:`load`, an ``AltCLIP`` core,
+    or anything :func:`load` accepts. ``context_length`` defaults to the model's (77).
+    """
+    prompts = None
+    if isinstance(model_or_name, SentenceTransformer):
+        module = altclip_module(model_or_name)
+        core, length, prompts = module.model, module.max_seq_length, model_or_name.prompts
+    elif isinstance(model_or_name, AltCLIP):
+        core, length = model_or_name, model_or_name.processor.context_length
+    else:
+        core = AltCLIP.from_pretrained(model_or_name)
+        length = core.processor.context_length
+    length = AltCLIPProcessor._check_context_length(context_length or length)
+    with tempfile.TemporaryDirectory() as checkpoint:
+        core.save_pretrained(checkpoint)
+        transformer = Transformer(
+            checkpoint,
+            modality_config=NATIVE_MODALITY_CONFIG,
+            module_output_name="sentence_embedding",
+            max_seq_length=length,
+        )
+        native = SentenceTransformer(
+            modules=[transformer, Normalize()], device="cpu", prompts=prompts, similarity_fn_name="cosine"
+        )
+        native.save(str(folder))
+    return Path(folder)
