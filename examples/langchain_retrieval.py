@@ -25,7 +25,11 @@ DOCUMENTS = [
     "La tour Eiffel se trouve à Paris.",  # French
 ]
 QUERIES = ["一只猫在睡觉", "a dog playing outside", "capitale du Japon", "Paris landmark"]
-SHAPES = {"red circle": ("red", "ellipse"), "blue square": ("blue", "rectangle"), "green triangle": ("green", "polygon")}
+SHAPES = {  # name: (colour, how to draw it)
+    "red circle": ("red", "ellipse"),
+    "blue square": ("blue", "rectangle"),
+    "green triangle": ("green", "polygon"),
+}
 IMAGE_QUERIES = ["一个红色的圆", "ein blaues Quadrat", "un triangle vert"]
 
 
@@ -74,7 +78,8 @@ def main() -> None:
         document, score = images.similarity_search_with_score(query, k=1)[0]
         print(f"  {query!r:30} -> {Path(document.page_content).name} ({score:.3f})")
     (vector,) = embeddings.embed_image(uris=[uris[0]])
-    print(f"  {Path(uris[0]).name!r:30} -> {Path(images.similarity_search_by_vector(vector, k=1)[0].page_content).name}")
+    (document,) = images.similarity_search_by_vector(vector, k=1)
+    print(f"  {Path(uris[0]).name!r:30} -> {Path(document.page_content).name}")
 
 
 if __name__ == "__main__":

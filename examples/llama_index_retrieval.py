@@ -29,7 +29,11 @@ DOCUMENTS = [
     "La tour Eiffel se trouve à Paris.",  # French
 ]
 QUERIES = ["一只猫在睡觉", "a dog playing outside", "capitale du Japon", "Paris landmark"]
-SHAPES = {"red circle": ("red", "ellipse"), "blue square": ("blue", "rectangle"), "green triangle": ("green", "polygon")}
+SHAPES = {  # name: (colour, how to draw it)
+    "red circle": ("red", "ellipse"),
+    "blue square": ("blue", "rectangle"),
+    "green triangle": ("green", "polygon"),
+}
 IMAGE_QUERIES = ["一个红色的圆", "ein blaues Quadrat", "un triangle vert"]
 
 
