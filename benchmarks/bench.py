@@ -1,0 +1,271 @@
+"""Throughput of altclip_adapters against transformers.AltCLIPModel, in one process, same random weights.
+
+    python benchmarks/bench.py --device cpu                  # 2-core CPU: a few minutes
+    python benchmarks/bench.py --device cuda --compile       # one H100/H200: under 5 minutes
+
+Both models load one random checkpoint with BAAI/AltCLIP's tower shapes (XLM-R large + ViT-L/14 at
+224; small vocabulary), written once into --checkpoint. Prints images/s or texts/s for the
+reference and for ours, the ratio ours/reference, and the fidelity of each fast path against the
+fp32 reference (cosine similarity per embedding; the minimum is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from altclip_adapters import AltCLIP
+from altclip_adapters.pipeline import Embedder
+from altclip_adapters.tiny import make_checkpoint
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRESETS = {  # counts per mode: (image batch, image reps, texts, text batch, JPEGs for ours, JPEGs for the reference)
+    "cpu": dict(image_batch=4, image_reps=1, texts=48, text_batch=8, jpegs=4, ref_jpegs=4),
+    "cuda": dict(image_batch=256, image_reps=8, texts=4096, text_batch=256, jpegs=8192, ref_jpegs=1024),
+}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, warm, device: torch.device, reps: int = 1):
+    """(seconds per call of ``fn``, its last result), after one call of ``warm`` (the same work, maybe smaller)."""
+    warm()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        result = fn()
+    sync(device)
+    return (time.perf_counter() - start) / reps, result
+
+
+def min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return F.cosine_similarity(a.float().cpu(), b.float().cpu(), dim=-1).min().item()
+
+
+def row(name: str, ours: float, ref: float, unit: str, fidelity: str = "") -> None:
+    print(f"  {name:<34} ref {ref:>9.2f} {unit}   ours {ours:>9.2f} {unit}   ours/ref {ours / ref:5.2f}x  {fidelity}")
+
+
+def load_reference(folder: Path, device: torch.device, dtype: torch.dtype):
+    from transformers import AltCLIPModel
+
+    return AltCLIPModel.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").to(device).eval()
+
+
+# load time and peak memory, each measured in a fresh process ---------------------------------------
+def probe_load(which: str, folder: str) -> None:
+    """Run in a child process: load once and print seconds and peak resident memory growth (bytes)."""
+    import transformers  # noqa: F401  (imports are not part of the load time)
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+
+    base = rss()
+    start = time.perf_counter()
+    model = AltCLIP.from_pretrained(folder) if which == "ours" else load_reference(Path(folder), torch.device("cpu"), torch.float32)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    print(json.dumps({"seconds": seconds, "peak": peak, "params": sum(p.numel() for p in model.parameters())}))
+
+
+def bench_load(folder: Path) -> None:
+    size = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+    print(f"checkpoint load (CPU, fp32, fresh process each; weights {size / 2**30:.2f} GiB on disk)")
+    results = {}
+    for which in ("ref", "ours"):
+        out = subprocess.run(
+            [sys.executable, __file__, "--probe-load", which, "--checkpoint", str(folder)],
+            capture_output=True, text=True, check=True,
+        )
+        results[which] = json.loads(out.stdout.strip().splitlines()[-1])
+    ref, ours = results["ref"], results["ours"]
+    print(f"  {'load time':<34} ref {ref['seconds']:>9.2f} s       ours {ours['seconds']:>9.2f} s       ours/ref {ours['seconds'] / ref['seconds']:5.2f}x  (lower is better)")
+    print(f"  {'peak memory growth while loading':<34} ref {ref['peak'] / 2**30:>9.2f} GiB     ours {ours['peak'] / 2**30:>9.2f} GiB     ours/weights {ours['peak'] / size:5.2f}x  (ref/weights {ref['peak'] / size:.2f}x)")
+
+
+# towers ------------------------------------------------------------------------------------------
+def mixed_texts(count: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    """Token id lists of 6 to 40 tokens (<s> ... </s>), in random order."""
+    rng = np.random.default_rng(seed)
+    return [[0, *rng.integers(4, vocab - 1, int(n) - 2).tolist(), 2] for n in rng.integers(6, 41, count)]
+
+
+def reference_texts(ref, ids: list[list[int]], batch: int, device: torch.device) -> torch.Tensor:
+    """The reference's way: batches in input order, each padded to its longest text."""
+    out = []
+    for start in range(0, len(ids), batch):
+        chunk = ids[start : start + batch]
+        longest = max(map(len, chunk))
+        input_ids = torch.tensor([t + [1] * (longest - len(t)) for t in chunk], device=device)
+        with torch.inference_mode():
+            out.append(ref.get_text_features(input_ids=input_ids, attention_mask=(input_ids != 1).long()).pooler_output)
+    return torch.cat(out)
+
+
+def image_features(ref, pixels: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return ref.get_image_features(pixel_values=pixels).pooler_output
+
+
+def bench_towers(args, folder: Path, device: torch.device, preset: dict) -> None:
+    torch.manual_seed(0)
+    batch, reps, text_batch = preset["image_batch"], preset["image_reps"], preset["text_batch"]
+    pixels = torch.randn(batch, 3, 224, 224, device=device)
+    ids = mixed_texts(preset["texts"], AltCLIP.from_pretrained(folder).config.text.vocab_size)
+    small = slice(None) if device.type == "cuda" else slice(0, 1)  # CPU warm-ups: one item
+
+    def reference(ref, x):
+        image = timed(lambda: image_features(ref, x), lambda: image_features(ref, x[small]), device, reps)
+        text = timed(lambda: reference_texts(ref, ids, text_batch, device), lambda: reference_texts(ref, ids[small], 1, device), device)
+        return batch / image[0], F.normalize(image[1], dim=-1), len(ids) / text[0], F.normalize(text[1], dim=-1)
+
+    def ours(embedder, x):
+        model = embedder.model
+        with torch.inference_mode():
+            image = timed(lambda: model.encode_image(x, normalize=True), lambda: model.encode_image(x[small]), device, reps)
+
+        def texts() -> torch.Tensor:
+            out = torch.empty(len(ids), model.config.projection_dim)
+            for positions, features in embedder.iter_tokens(ids):
+                out[positions] = features
+            return out
+
+        text = timed(texts, lambda: list(embedder.iter_tokens(ids[:1])), device)
+        return batch / image[0], image[1], len(ids) / text[0], text[1]
+
+    print(f"towers ({device.type}); fidelity: min cosine similarity per embedding to the fp32 reference")
+    ref32 = reference(load_reference(folder, device, torch.float32), pixels)
+    truth_images, truth_texts = ref32[1], ref32[3]
+    for name in args.dtype:
+        dtype = DTYPES[name]
+        x = pixels.to(dtype)
+        ref = load_reference(folder, device, dtype)
+        ref_figures = ref32 if dtype == torch.float32 else reference(ref, x)
+        embedder = Embedder(AltCLIP.from_pretrained(folder), device=device, dtype=dtype, batch_size=text_batch)
+        figures = ours(embedder, x)
+        row(f"image tower {name}, batch {batch}", figures[0], ref_figures[0], "img/s", f"cos {min_cosine(figures[1], truth_images):.6f}")
+        row(f"text tower {name}, 6-40 tok, batch {text_batch}", figures[2], ref_figures[2], "txt/s", f"cos {min_cosine(figures[3], truth_texts):.6f}")
+        if args.compile and name == args.dtype[0]:
+            ref_c, ours_c = torch.compile(ref.get_image_features), torch.compile(embedder.model.encode_image)
+            with torch.inference_mode():
+                ref_s, _ = timed(lambda: ref_c(pixel_values=x), lambda: ref_c(pixel_values=x), device, reps)
+                ours_s, out = timed(lambda: ours_c(x), lambda: ours_c(x), device, reps)
+            row(f"image tower {name} compiled", batch / ours_s, batch / ref_s, "img/s", f"cos {min_cosine(F.normalize(out, dim=-1), truth_images):.6f}")
+        del ref, embedder
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if device.type == "cpu":
+        embedder = Embedder(AltCLIP.from_pretrained(folder), device=device, int8=True, batch_size=text_batch)
+        figures = ours(embedder, pixels)
+        row(f"image tower int8, batch {batch}", figures[0], ref32[0], "img/s", f"cos {min_cosine(figures[1], truth_images):.6f}")
+        row(f"text tower int8, batch {text_batch}", figures[2], ref32[2], "txt/s", f"cos {min_cosine(figures[3], truth_texts):.6f}")
+
+
+# end to end: a folder of JPEGs -> embeddings -------------------------------------------------------
+def write_jpeg(path: Path, seed: int) -> None:
+    """One photo-like 640x480 JPEG: smooth colour gradients plus noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:480, 0:640].astype(np.float32)
+    a, b, c = rng.uniform(0.2, 2.0, 3)
+    base = np.stack([xx * a / 640, yy * b / 480, (xx + yy) * c / 1120], -1) * 200
+    noisy = base + rng.normal(0, 12, base.shape)
+    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(path, quality=90)
+
+
+def write_jpegs(folder: Path, count: int) -> list[Path]:
+    """``count`` distinct JPEGs in ``folder``, written once (in parallel)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{i:06d}.jpg" for i in range(count)]
+    missing = [i for i, p in enumerate(paths) if not p.is_file()]
+    if missing:
+        with ProcessPoolExecutor(os.cpu_count()) as pool:
+            list(pool.map(write_jpeg, [paths[i] for i in missing], missing, chunksize=64))
+    return paths
+
+
+def bench_end_to_end(args, folder: Path, device: torch.device, preset: dict) -> None:
+    from transformers import CLIPImageProcessor
+
+    dtype = DTYPES[args.dtype[0]]
+    paths = write_jpegs(Path(args.workdir) / "jpegs", max(preset["jpegs"], preset["ref_jpegs"]))
+    print(f"end to end: folder of 640x480 JPEGs -> normalised embeddings ({args.dtype[0]}, {device.type})")
+    ref = load_reference(folder, device, dtype)
+    processor = CLIPImageProcessor.from_pretrained(folder)
+    batch = preset["image_batch"]
+    ref_paths = paths[: preset["ref_jpegs"]]
+
+    def reference() -> torch.Tensor:  # one process: decode, CLIPImageProcessor, model, batch by batch
+        out = []
+        for start in range(0, len(ref_paths), batch):
+            images = [Image.open(p).convert("RGB") for p in ref_paths[start : start + batch]]
+            pixels = processor(images=images, return_tensors="pt")["pixel_values"].to(device, dtype)
+            out.append(F.normalize(image_features(ref, pixels), dim=-1))
+        return torch.cat(out)
+
+    ref_seconds, truth = timed(reference, lambda: image_features(ref, torch.zeros(1, 3, 224, 224, device=device, dtype=dtype)), device)
+    del ref
+    embedder = Embedder(
+        AltCLIP.from_pretrained(folder), device=device, dtype=dtype, batch_size=batch, num_workers=args.workers
+    )
+    ours_paths = paths[: preset["jpegs"]]
+    warm = ours_paths[:batch] if device.type == "cuda" else ours_paths[:1]
+    ours_seconds, ours = timed(lambda: embedder.images(ours_paths), lambda: embedder.images(warm), device)
+    fidelity = min_cosine(ours[: len(ref_paths)], truth)
+    row(f"JPEG folder -> embeddings, {embedder.num_workers} workers", len(ours_paths) / ours_seconds,
+        len(ref_paths) / ref_seconds, "img/s", f"cos to ref {args.dtype[0]} {fidelity:.6f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", nargs="+", choices=list(DTYPES), help="default: fp32 on cpu, bf16 fp16 on cuda")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd image towers (both models, first dtype)")
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers for the JPEG pipeline")
+    parser.add_argument("--checkpoint", default=None, help="random full-shape checkpoint folder (made if missing)")
+    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "altclip-bench"))
+    parser.add_argument("--only", nargs="+", choices=["load", "towers", "e2e"], default=["load", "towers", "e2e"])
+    parser.add_argument("--probe-load", choices=["ours", "ref"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.probe_load:
+        probe_load(args.probe_load, args.checkpoint)
+        return
+    device = torch.device(args.device)
+    args.dtype = args.dtype or (["fp32"] if device.type == "cpu" else ["bf16", "fp16"])
+    preset = PRESETS[device.type]
+    folder = Path(args.checkpoint or Path(args.workdir) / "full")
+    if not (folder / "config.json").is_file():
+        print(f"writing a random checkpoint with BAAI/AltCLIP shapes to {folder} ...", flush=True)
+        make_checkpoint(folder, "full")
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} {gpu}")
+    print(f"threads {torch.get_num_threads()}, preset {preset}")
+    started = time.perf_counter()
+    if "load" in args.only:
+        bench_load(folder)
+    if "towers" in args.only:
+        bench_towers(args, folder, device, preset)
+    if "e2e" in args.only:
+        bench_end_to_end(args, folder, device, preset)
+    print(f"total {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""The ``altclip`` command on the tiny checkpoint: embed (resumable), search, demo, and its error lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib.metadata import entry_points
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import make_images
+
+from altclip_adapters import AltCLIP, cli
+from altclip_adapters.pipeline import Embedder
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("photos")
+    (root / "nested").mkdir()
+    for i, image in enumerate(make_images(5, seed=7)):
+        image.save(root / ("nested" if i % 2 else ".") / f"img{i}.jpg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_dir, folder):
+    """Embeddings of the folder's images, in the order embed lists them, straight from the pipeline."""
+    paths = sorted(p for p in folder.rglob("*.jpg"))
+    return [str(p) for p in paths], Embedder(AltCLIP.from_pretrained(tiny_dir)).images(paths).numpy()
+
+
+def run(*argv: str) -> int:
+    return cli.main(list(argv))
+
+
+def test_console_script_is_declared():
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "altclip"]
+    assert script.value == "altclip_adapters.cli:main"
+
+
+def test_embed_folder_to_npy_then_search(tiny_dir, folder, expected, tmp_path, capsys):
+    out = tmp_path / "index.npy"
+    assert run("embed", str(folder), "--model", str(tiny_dir), "--out", str(out), "--quiet") == 0
+    ids, embeddings = expected
+    meta = json.loads((tmp_path / "index.ids.json").read_text())
+    assert meta["ids"] == ids and meta["modality"] == "image" and meta["model"] == str(tiny_dir.resolve())
+    np.testing.assert_allclose(np.load(out), embeddings, atol=1e-6)
+    assert not (tmp_path / "index.npy.parts").exists()
+    assert "wrote 5 image embeddings" in capsys.readouterr().out
+
+    assert run("search", str(out), "一只猫的照片", "-k", "3") == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3
+    query = Embedder(AltCLIP.from_pretrained(tiny_dir)).texts(["一只猫的照片"])[0].numpy()
+    best = ids[int(np.argmax(embeddings @ query))]
+    assert lines[0].split()[0] == "1" and lines[0].endswith(best)
+
+
+def test_embed_texts_to_parquet(tiny_dir, tmp_path, capsys):
+    texts = tmp_path / "captions.txt"
+    texts.write_text("a photo of a cat\n\n一只狗的照片\n猫の写真\n", encoding="utf-8")
+    out = tmp_path / "texts.parquet"
+    assert run("embed", str(texts), "--model", str(tiny_dir), "--out", str(out), "--quiet", "--batch-size", "2") == 0
+    table = pq.read_table(out)
+    assert table.column("id").to_pylist() == ["a photo of a cat", "一只狗的照片", "猫の写真"]
+    assert json.loads(table.schema.metadata[b"altclip"])["modality"] == "text"
+    embeddings = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
+    expected = Embedder(AltCLIP.from_pretrained(tiny_dir)).texts(["a photo of a cat", "一只狗的照片", "猫の写真"])
+    np.testing.assert_allclose(embeddings, expected.numpy(), atol=1e-6)
+    assert "wrote 3 text embeddings" in capsys.readouterr().out
+    assert run("search", str(out), "a cat", "-k", "1") == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 1
+
+
+def test_unreadable_images_are_reported_and_skipped(tiny_dir, folder, expected, tmp_path, capsys):
+    bad = tmp_path / "photos"
+    bad.mkdir()
+    for path in sorted(folder.rglob("*.jpg"))[:2]:
+        (bad / path.name).write_bytes(path.read_bytes())
+    (bad / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    out = tmp_path / "index.npy"
+    assert run("embed", str(bad), "--model", str(tiny_dir), "--out", str(out), "--quiet") == 0
+    captured = capsys.readouterr()
+    assert [line for line in captured.err.splitlines() if "broken.jpg" in line] == [
+        line for line in captured.err.splitlines() if line.startswith("altclip: skipped unreadable image")
+    ]
+    assert "broken.jpg" in captured.err and "1 unreadable images skipped" in captured.out
+    assert len(json.loads((tmp_path / "index.ids.json").read_text())["ids"]) == 2
+
+
+def test_an_interrupted_embed_resumes(tiny_dir, folder, expected, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "index.parquet"
+    monkeypatch.setattr(cli, "FLUSH_ITEMS", 2)
+    saves = []
+    real_save = cli.PartialRun.save
+
+    def save_then_stop(self, positions, embeddings):
+        real_save(self, positions, embeddings)
+        saves.append(positions)
+        if len(saves) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.PartialRun, "save", save_then_stop)
+    argv = ("embed", str(folder), "--model", str(tiny_dir), "--out", str(out), "--quiet", "--batch-size", "2")
+    with pytest.raises(KeyboardInterrupt):
+        run(*argv)
+    assert not out.exists() and (tmp_path / "index.parquet.parts").is_dir()
+    assert run(*argv) == 0
+    assert "resuming: 2 of 5" in capsys.readouterr().err
+    assert sorted(p for batch in saves[1:] for p in batch) == [2, 3, 4]
+    table = pq.read_table(out)
+    ids, embeddings = expected
+    assert table.column("id").to_pylist() == ids
+    np.testing.assert_allclose(np.stack(table.column("embedding").to_numpy(zero_copy_only=False)), embeddings, atol=1e-6)
+
+
+def test_a_partial_run_of_other_inputs_is_not_mixed_in(tiny_dir, folder, tmp_path, capsys):
+    out = tmp_path / "index.npy"
+    parts = tmp_path / "index.npy.parts"
+    parts.mkdir()
+    (parts / "manifest.json").write_text(json.dumps({"model": "other"}))
+    assert run("embed", str(folder), "--model", str(tiny_dir), "--out", str(out), "--quiet") == 1
+    assert "delete it to start over" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["embed", "{tmp}/missing", "--out", "{tmp}/x.npy"], "no such file or folder: {tmp}/missing"),
+        (["embed", "{tmp}/empty", "--out", "{tmp}/x.npy"], "no image files"),
+        (["embed", "{tmp}/blank.txt", "--out", "{tmp}/x.npy"], "no text lines in {tmp}/blank.txt"),
+        (["embed", "{tmp}/blank.txt", "{tmp}/empty", "--out", "{tmp}/x.npy"], "either .txt files"),
+        (["embed", "{tmp}/empty", "--out", "{tmp}/x.csv"], "--out must end in .npy or .parquet"),
+        (["embed", "{tmp}/empty", "--out", "{tmp}/no/x.npy"], "the folder for --out does not exist"),
+        (["embed", "{tmp}/only_broken", "--out", "{tmp}/x.npy", "--quiet"], "none of the 1 images could be read"),
+        (["search", "{tmp}/missing.npy", "cat"], "no such index file"),
+        (["search", "{tmp}/blank.txt", "cat"], "an index is a .npy or .parquet file"),
+        (["demo", "--model", "{tmp}/missing"], "not a local folder, a registry name"),
+        (["demo", "--model", "NoSuchModel"], "not a local folder, a registry name"),
+    ],
+)
+def test_bad_inputs_get_one_clear_line(argv, message, tiny_dir, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "only_broken").mkdir()
+    (tmp_path / "only_broken" / "a.png").write_bytes(b"nope")
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    argv = [a.format(tmp=tmp_path) for a in argv] + (["--model", str(tiny_dir)] if argv[0] == "embed" else [])
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("altclip: error: ") and message.format(tmp=tmp_path) in err[-1]
+
+
+def test_demo_on_a_local_checkpoint(tiny_dir, capsys):
+    assert run("demo", "--model", str(tiny_dir)) == 0
+    out = capsys.readouterr().out
+    assert out.count("image: ") == 3
+    for line in [line for line in out.splitlines() if line.startswith("  ")]:
+        probabilities = [float(word) for word in line.split() if word.replace(".", "").isdigit()]
+        assert len(probabilities) == 3 and abs(sum(probabilities) - 1) < 0.02
+
+
+def test_demo_offline_falls_back_to_a_random_tiny_checkpoint(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    done = subprocess.run(
+        [sys.executable, "-m", "altclip_adapters.cli", "demo"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    notes = [line for line in done.stderr.splitlines() if line.startswith("altclip:")]
+    assert len(notes) == 1 and "RANDOM tiny checkpoint" in notes[0]
+    assert "random tiny checkpoint" in done.stdout and done.stdout.count("image: ") == 3
+    assert "赤い丸" in done.stdout and "一个红色的圆" in done.stdout
+
+
+def test_search_checks_the_embedding_size(tiny_dir, m18_dir, folder, tmp_path, capsys):
+    out = tmp_path / "index.npy"
+    assert run("embed", str(folder), "--model", str(tiny_dir), "--out", str(out), "--quiet") == 0
+    assert run("search", str(out), "cat", "--model", str(m18_dir)) == 1
+    assert "16-d embeddings but the model makes 40-d" in capsys.readouterr().err
+    torch.testing.assert_close(torch.from_numpy(np.load(out)).norm(dim=-1), torch.ones(5))
