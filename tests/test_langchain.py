@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.util
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -194,3 +197,12 @@ def test_integrations_package_imports_no_framework():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert result.stdout.strip() == "[]"
+
+
+def test_example_runs(tiny_dir, monkeypatch, capsys):
+    path = Path(__file__).parents[1] / "examples" / "langchain_retrieval.py"
+    example = importlib.util.module_from_spec(importlib.util.spec_from_file_location("langchain_retrieval", path))
+    example.__spec__.loader.exec_module(example)
+    monkeypatch.setattr(sys, "argv", [str(path), "--model", str(tiny_dir)])
+    example.main()
+    assert re.search(r"'red_circle.png'\s+-> red_circle.png", capsys.readouterr().out)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import importlib
+import importlib.util
 import io
+import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,6 +125,13 @@ def test_respects_embed_batch_size(tiny_dir, image_paths):
         AltCLIPEmbedding(str(tiny_dir), embed_batch_size=0)
 
 
+def test_round_trips_through_to_dict(tiny_dir):
+    embed = AltCLIPEmbedding(str(tiny_dir), embed_batch_size=4, context_length=20)
+    again = AltCLIPEmbedding.from_dict(embed.to_dict())
+    assert (again.model_name, again.embed_batch_size, again.context_length) == (str(tiny_dir), 4, 20)
+    assert again.get_query_embedding(TEXTS[0]) == embed.get_query_embedding(TEXTS[0])
+
+
 def test_vector_store_index_retrieves_without_llm(core, embed):
     index = VectorStoreIndex.from_documents([Document(text=text) for text in TEXTS], embed_model=embed)
     retriever = index.as_retriever(similarity_top_k=len(TEXTS))
@@ -214,3 +224,12 @@ def test_missing_extra_names_it(monkeypatch):
     monkeypatch.delitem(sys.modules, "altclip_adapters.integrations.llama_index")
     with pytest.raises(ImportError, match=r"pip install 'altclip-adapters\[llama-index\]'"):
         importlib.import_module("altclip_adapters.integrations.llama_index")
+
+
+def test_example_runs(tiny_dir, monkeypatch, capsys):
+    path = Path(__file__).parents[1] / "examples" / "llama_index_retrieval.py"
+    example = importlib.util.module_from_spec(importlib.util.spec_from_file_location("llama_index_retrieval", path))
+    example.__spec__.loader.exec_module(example)
+    monkeypatch.setattr(sys, "argv", [str(path), "--model", str(tiny_dir)])
+    example.main()
+    assert re.search(r"'red_circle.png'\s+-> red_circle.png", capsys.readouterr().out)
