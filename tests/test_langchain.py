@@ -159,6 +159,24 @@ def test_context_length_truncates(tiny_dir, embeddings):
     assert embeddings.embed_query(long_text) != short.embed_query(long_text)
 
 
+def test_open_clip_route(tiny_dir, embeddings, tmp_path):
+    """langchain-experimental's OpenCLIPEmbeddings runs AltCLIP through the open_clip adapter, same vectors."""
+    from langchain_experimental.open_clip import OpenCLIPEmbeddings
+
+    from altclip_adapters.adapters.open_clip import save_for_open_clip
+
+    folder = save_for_open_clip(tiny_dir, tmp_path / "open_clip")
+    theirs = OpenCLIPEmbeddings(model_name=f"local-dir:{folder}", checkpoint="")
+    paths = []
+    for i, image in enumerate(make_images(3, seed=5)):  # at the model's input size: open_clip resizes with PIL
+        paths.append(str(tmp_path / f"native{i}.png"))
+        image.resize((32, 32)).save(paths[-1])
+    np.testing.assert_allclose(theirs.embed_documents(TEXTS), embeddings.embed_documents(TEXTS), atol=1e-5)
+    np.testing.assert_allclose(theirs.embed_image(uris=paths), embeddings.embed_image(uris=paths), atol=1e-5)
+    store = InMemoryVectorStore.from_texts(TEXTS, theirs)
+    assert store.similarity_search(TEXTS[3], k=1)[0].page_content == TEXTS[3]
+
+
 def test_bad_input(tiny_dir, embeddings, image_paths, tmp_path):
     not_an_image = tmp_path / "notes.txt"
     not_an_image.write_text("hello")
