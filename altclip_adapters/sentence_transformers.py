@@ -93,7 +93,7 @@ class AltCLIPModule(InputModule):
             raise ValueError("no inputs given: pass a non-empty list of texts or of images")
         kinds = {_input_kind(item) for item in inputs}
         if len(kinds) > 1:
-            raise ValueError("this batch mixes texts and images; encode each modality separately, one call per modality")
+            raise ValueError("this batch mixes texts and images; encode each modality separately (one call each)")
         if kinds == {"text"}:
             texts = [_unwrap(text) for text in inputs]
             if prompt:
@@ -153,7 +153,7 @@ class AltCLIPModule(InputModule):
 
         ``model_kwargs={"dtype": torch.bfloat16}`` (or ``torch_dtype``) picks the weights' dtype.
         """
-        hub = dict(token=token, cache_folder=cache_folder, revision=revision, local_files_only=local_files_only)
+        hub = {"token": token, "cache_folder": cache_folder, "revision": revision, "local_files_only": local_files_only}
         config = {**(init_defaults or {}), **cls.load_config(model_name_or_path, subfolder=subfolder, **hub)}
         folder = cls.load_dir_path(model_name_or_path, subfolder=subfolder, **hub)
         model_kwargs = model_kwargs or {}
@@ -179,7 +179,8 @@ def _describe(item: Any) -> str:
 
 
 def _input_kind(item: Any) -> str:
-    """``"text"`` or ``"image"`` for one input, by sentence-transformers' rules; raises ValueError naming it."""
+    """``"text"`` or ``"image"`` for one input, by sentence-transformers' rules; raises ValueError naming it
+    (not TypeError, which sentence-transformers takes as a cue to retry without the prompt)."""
     if isinstance(item, dict):
         if len(item) != 1 or next(iter(item)) not in MODALITIES:
             raise ValueError(
@@ -237,8 +238,8 @@ def _load_saved(path: Path, *, context_length: int | None, device: str | None, d
     foreign = [t for t in types if not t.startswith(("sentence_transformers.", f"{__name__}."))]
     if foreign:
         raise ValueError(
-            f"{path} uses module classes from outside sentence-transformers and altclip_adapters ({', '.join(foreign)}); "
-            "load it with SentenceTransformer(folder, trust_remote_code=True) if you trust them"
+            f"{path} uses module classes from outside sentence-transformers and altclip_adapters "
+            f"({', '.join(foreign)}); load it with SentenceTransformer(folder, trust_remote_code=True) if you trust them"
         )
     model_kwargs = {**kwargs.pop("model_kwargs", {}), **({"dtype": dtype} if dtype is not None else {})}
     # Only classes checked above are imported, so trusting the folder's code is safe here.
@@ -252,7 +253,7 @@ def altclip_module(model: SentenceTransformer) -> AltCLIPModule:
     """The :class:`AltCLIPModule` a ``SentenceTransformer`` starts with; raises ValueError otherwise."""
     first = model[0] if len(model) else None
     if not isinstance(first, AltCLIPModule):
-        raise ValueError(f"this SentenceTransformer starts with {type(first).__name__}, not AltCLIPModule")
+        raise TypeError(f"this SentenceTransformer starts with {type(first).__name__}, not AltCLIPModule")
     return first
 
 

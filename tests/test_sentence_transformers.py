@@ -4,18 +4,21 @@ and sentence-transformers' own Transformer module (fp32, atol 1e-5)."""
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 import json
 import os
 import subprocess
 import sys
 import sysconfig
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_images
 from datasets import Dataset, DatasetDict
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.base.modules import Normalize
@@ -31,7 +34,6 @@ from altclip_adapters.sentence_transformers import (
     load,
     save_checkpoint,
 )
-from conftest import make_images
 
 ATOL = 1e-5
 LONG_TEXT = " ".join(["a photo of a cat and a dog on the street"] * 30)
@@ -174,7 +176,8 @@ def test_reload_in_a_fresh_process(saved_dir, model, texts, images, tmp_path):
         "np.save(sys.argv[3], np.concatenate([model.encode(sys.argv[4:]), model.encode(images)]))\n"
     )
     out = tmp_path / "embeddings.npy"
-    subprocess.run([sys.executable, "-c", code, str(saved_dir), str(image_dir), str(out), *texts], check=True, cwd=tmp_path)
+    command = [sys.executable, "-c", code, str(saved_dir), str(image_dir), str(out), *texts]
+    subprocess.run(command, check=True, cwd=tmp_path)
     np.testing.assert_allclose(np.load(out), np.concatenate([model.encode(texts), model.encode(images)]), atol=ATOL)
 
 
@@ -306,8 +309,21 @@ def test_train_reload_and_export(tiny_dir, tmp_path, texts):
 
 
 def test_module_needs_an_altclip_model(model):
-    with pytest.raises(ValueError, match="not AltCLIPModule"):
+    with pytest.raises(TypeError, match="not AltCLIPModule"):
         altclip_module(SentenceTransformer(modules=[Normalize()], device="cpu"))
     core = AltCLIP(altclip_module(model).model.config)
     with pytest.raises(ValueError, match="no processor"):
         AltCLIPModule(core)
+
+
+def test_example_runs(tiny_dir, tmp_path, monkeypatch, capsys):
+    path = Path(__file__).parents[1] / "examples" / "sentence_transformers_search.py"
+    spec = importlib.util.spec_from_file_location("sentence_transformers_search", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    monkeypatch.setattr(sys, "argv", [str(path), "--model", str(tiny_dir)])
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    example.main()
+    out = capsys.readouterr().out
+    assert "'un triangle vert'" in out
+    assert "the plain folder gives the same embeddings: True" in out
