@@ -156,6 +156,8 @@ class AltCLIPModule(InputModule):
         hub = {"token": token, "cache_folder": cache_folder, "revision": revision, "local_files_only": local_files_only}
         config = {**(init_defaults or {}), **cls.load_config(model_name_or_path, subfolder=subfolder, **hub)}
         folder = cls.load_dir_path(model_name_or_path, subfolder=subfolder, **hub)
+        if folder is None:
+            raise FileNotFoundError(f"cannot find {model_name_or_path!r}/{subfolder}: no such folder or hub repo")
         model_kwargs = model_kwargs or {}
         dtype = model_kwargs.get("dtype", model_kwargs.get("torch_dtype"))
         dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
@@ -232,14 +234,16 @@ def load(
     return SentenceTransformer(modules=modules, device=device, similarity_fn_name="cosine", **kwargs)
 
 
-def _load_saved(path: Path, *, context_length: int | None, device: str | None, dtype, **kwargs) -> SentenceTransformer:
+def _load_saved(
+    path: Path, *, context_length: int | None, device: str | None, dtype: torch.dtype | None, **kwargs
+) -> SentenceTransformer:
     """A saved sentence-transformers folder whose modules come from this package or sentence-transformers."""
     types = [entry["type"] for entry in json.loads((path / "modules.json").read_text())]
     foreign = [t for t in types if not t.startswith(("sentence_transformers.", f"{__name__}."))]
     if foreign:
         raise ValueError(
             f"{path} uses module classes from outside sentence-transformers and altclip_adapters "
-            f"({', '.join(foreign)}); load it with SentenceTransformer(folder, trust_remote_code=True) if you trust them"
+            f"({', '.join(foreign)}); if you trust them: SentenceTransformer(folder, trust_remote_code=True)"
         )
     model_kwargs = {**kwargs.pop("model_kwargs", {}), **({"dtype": dtype} if dtype is not None else {})}
     # Only classes checked above are imported, so trusting the folder's code is safe here.
@@ -250,7 +254,7 @@ def _load_saved(path: Path, *, context_length: int | None, device: str | None, d
 
 
 def altclip_module(model: SentenceTransformer) -> AltCLIPModule:
-    """The :class:`AltCLIPModule` a ``SentenceTransformer`` starts with; raises ValueError otherwise."""
+    """The :class:`AltCLIPModule` a ``SentenceTransformer`` starts with; raises TypeError otherwise."""
     first = model[0] if len(model) else None
     if not isinstance(first, AltCLIPModule):
         raise TypeError(f"this SentenceTransformer starts with {type(first).__name__}, not AltCLIPModule")
@@ -274,8 +278,8 @@ def export_native(
     AltCLIP checkpoint (text and image modalities, text length cap, ``Normalize``, cosine).
 
     It loads with a bare ``SentenceTransformer(folder)`` where this package is not installed, and
-    gives the same embeddings. ``model_or_name``: a model from :func:`load`, an ``AltCLIP`` core,
-    or anything :func:`load` accepts. ``context_length`` defaults to the model's (77).
+    gives the same embeddings. ``model_or_name``: a model from :func:`load`, an ``AltCLIP`` core, or
+    a registry name, hub id or checkpoint folder. ``context_length`` defaults to the model's (77).
     """
     prompts = None
     if isinstance(model_or_name, SentenceTransformer):
