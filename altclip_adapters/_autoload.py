@@ -15,9 +15,7 @@ DISABLE_ENV = "ALTCLIP_ADAPTERS_NO_AUTOLOAD"
 
 
 def _register() -> None:
-    from altclip_adapters.adapters.open_clip import register
-
-    register()
+    import altclip_adapters.adapters.open_clip  # noqa: F401  registers AltCLIP as it is imported
 
 
 class _RegisteringLoader:
