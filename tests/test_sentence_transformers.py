@@ -327,3 +327,14 @@ def test_example_runs(tiny_dir, tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "'un triangle vert'" in out
     assert "the plain folder gives the same embeddings: True" in out
+
+
+def test_m18_shapes_equal_transformers(m18_dir, texts, images):
+    model = load(m18_dir, device="cpu")
+    hf = AltCLIPModel.from_pretrained(m18_dir).eval()
+    processor = HFProcessor.from_pretrained(m18_dir)
+    with torch.no_grad():
+        text = hf.get_text_features(**processor.tokenizer(texts, padding=True, return_tensors="pt"))
+        image = hf.get_image_features(pixel_values=processor.image_processor(images, return_tensors="pt")["pixel_values"])
+    for got, output in ((model.encode(texts), text), (model.encode(images), image)):
+        np.testing.assert_allclose(got, F.normalize(getattr(output, "pooler_output", output), dim=-1).numpy(), atol=ATOL)
