@@ -39,6 +39,9 @@ class VisionTower(nn.Module):
             act_layer=config.act,
             weight_init="skip",
         )
+        # timm's "skip" leaves these two empty; initialise them as transformers does (Linear layers keep torch's init)
+        nn.init.normal_(self.vit.cls_token, std=config.width**-0.5)
+        nn.init.normal_(self.vit.pos_embed, std=0.02)
         self.grad_checkpointing = False
 
     @property
