@@ -7,6 +7,7 @@ import asyncio
 import torch
 
 try:
+    from llama_index.core.base.embeddings.base import Embedding
     from llama_index.core.bridge.pydantic import Field, PrivateAttr
     from llama_index.core.embeddings import MultiModalEmbedding
     from llama_index.core.schema import ImageType
@@ -16,8 +17,6 @@ except ImportError as e:
     ) from e
 
 from ._embedder import Embedder
-
-Embedding = list[float]
 
 
 class AltCLIPEmbedding(MultiModalEmbedding):
