@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import registry
+from .core.model import AltCLIP
 
 OUTPUT_SUFFIXES = (".npy", ".parquet")
 FLUSH_ITEMS, FLUSH_SECONDS = 4096, 60.0  # a partial run keeps at most this much unsaved work
@@ -266,8 +267,67 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 # convert -------------------------------------------------------------------------------------------
+LAYOUTS = ("baai", "open_clip", "sentence-transformers")
+
+
+def layout_of(source: str) -> str:
+    """Which layout ``source`` is in: a sentence-transformers folder (modules.json), an open_clip
+    folder (open_clip_config.json), or the BAAI layout (a folder with config.json, a registry name, a hub id)."""
+    path = Path(source).expanduser()
+    if (path / "modules.json").is_file():
+        return "sentence-transformers"
+    if (path / "open_clip_config.json").is_file():
+        return "open_clip"
+    if path.exists() and not (path / "config.json").is_file():
+        raise CLIError(f"{path} is not a BAAI-layout (config.json), open_clip (open_clip_config.json) or sentence-transformers (modules.json) folder")
+    return "baai"
+
+
+def write_baai(source: str, layout: str, folder: Path) -> None:
+    """Write ``source`` (in ``layout``) as a BAAI/AltCLIP-layout folder."""
+    if layout == "sentence-transformers":
+        from .sentence_transformers import load, save_checkpoint
+
+        save_checkpoint(load(source), folder)
+    elif layout == "open_clip":
+        import open_clip
+
+        from .adapters.open_clip import save_hf
+
+        name = f"local-dir:{Path(source).expanduser().resolve()}"
+        save_hf(open_clip.create_model(name), open_clip.get_tokenizer(name), folder)
+    else:
+        AltCLIP.from_pretrained(source).save_pretrained(folder)
+
+
 def cmd_convert(args: argparse.Namespace) -> None:
-    raise CLIError("convert is not available yet")
+    layout, out = layout_of(args.source), Path(args.out)
+    if layout == args.to != "baai":
+        raise CLIError(f"{args.source} is already a {layout} folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CLIError(f"{out} exists and is not an empty folder")
+    if args.native and args.to != "sentence-transformers":
+        raise CLIError("--native only applies to --to sentence-transformers")
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.to == "baai":
+            write_baai(args.source, layout, out)
+        else:
+            baai = args.source if layout == "baai" else Path(tmp)
+            if layout != "baai":
+                write_baai(args.source, layout, Path(tmp))
+            if args.to == "open_clip":
+                from .adapters.open_clip import save_for_open_clip
+
+                save_for_open_clip(baai, out)
+            elif args.native:
+                from .sentence_transformers import export_native
+
+                export_native(baai, out)
+            else:
+                from .sentence_transformers import load
+
+                load(baai).save(str(out))
+    print(f"wrote {args.to} folder {out} from {layout} {args.source}")
 
 
 # entry point ---------------------------------------------------------------------------------------
@@ -302,7 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     model_options(search, default=None)
     search.set_defaults(func=cmd_search)
 
-    convert = sub.add_parser("convert", help="convert between the BAAI layout, open_clip and sentence-transformers")
+    convert = sub.add_parser("convert", help="convert between the BAAI layout, open_clip and sentence-transformers folders")
+    convert.add_argument("source", help="registry name, hub id, or a BAAI-layout, open_clip or sentence-transformers folder")
+    convert.add_argument("--to", choices=LAYOUTS, required=True)
+    convert.add_argument("--out", required=True, help="the folder to write (new or empty)")
+    convert.add_argument("--native", action="store_true", help="sentence-transformers: its own Transformer module, loadable without this package")
     convert.set_defaults(func=cmd_convert)
     return parser
 

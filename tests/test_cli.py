@@ -182,3 +182,52 @@ def test_search_checks_the_embedding_size(tiny_dir, m18_dir, folder, tmp_path, c
     assert run("search", str(out), "cat", "--model", str(m18_dir)) == 1
     assert "16-d embeddings but the model makes 40-d" in capsys.readouterr().err
     torch.testing.assert_close(torch.from_numpy(np.load(out)).norm(dim=-1), torch.ones(5))
+
+
+def assert_same_weights(a, b):
+    first, second = AltCLIP.from_pretrained(a).state_dict(), AltCLIP.from_pretrained(b).state_dict()
+    assert first.keys() == second.keys()
+    for key in first:
+        torch.testing.assert_close(first[key], second[key], atol=0, rtol=0, msg=key)
+
+
+@pytest.mark.parametrize("via", ["open_clip", "sentence-transformers"])
+def test_convert_round_trips_through_each_layout(via, tiny_dir, tmp_path, capsys):
+    assert run("convert", str(tiny_dir), "--to", via, "--out", str(tmp_path / via)) == 0
+    marker = "open_clip_config.json" if via == "open_clip" else "modules.json"
+    assert (tmp_path / via / marker).is_file()
+    assert run("convert", str(tmp_path / via), "--to", "baai", "--out", str(tmp_path / "back")) == 0
+    assert_same_weights(tiny_dir, tmp_path / "back")
+    assert f"from {via}" in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_convert_to_native_sentence_transformers(tiny_dir, tmp_path, texts):
+    from sentence_transformers import SentenceTransformer
+
+    assert run("convert", str(tiny_dir), "--to", "sentence-transformers", "--native", "--out", str(tmp_path / "st")) == 0
+    native = SentenceTransformer(str(tmp_path / "st"), device="cpu")
+    expected = Embedder(AltCLIP.from_pretrained(tiny_dir)).texts(texts).numpy()
+    np.testing.assert_allclose(native.encode(texts), expected, atol=1e-5)
+
+
+def test_convert_bin_to_safetensors(tiny_bin_dir, tiny_dir, tmp_path):
+    assert run("convert", str(tiny_bin_dir), "--to", "baai", "--out", str(tmp_path / "out")) == 0
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    assert_same_weights(tiny_bin_dir, tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["{tiny}", "--to", "baai", "--out", "{full}"], "exists and is not an empty folder"),
+        (["{tiny}", "--to", "open_clip", "--native", "--out", "{tmp}/n"], "--native only applies"),
+        (["{tmp}/full", "--to", "open_clip", "--out", "{tmp}/n"], "is not a BAAI-layout"),
+        (["{tmp}/missing", "--to", "open_clip", "--out", "{tmp}/n"], "not a local folder, a registry name"),
+    ],
+)
+def test_convert_errors(argv, message, tiny_dir, tmp_path, capsys):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    argv = [a.format(tiny=tiny_dir, tmp=tmp_path, full=tmp_path / "full") for a in argv]
+    assert cli.main(["convert", *argv]) == 1
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
