@@ -42,6 +42,7 @@ def load_embedder(model: str, args: argparse.Namespace):
         dtype=getattr(torch, DTYPES[args.dtype]) if args.dtype else None,
         int8=args.int8,
         compile=args.compile,
+        decode_on_device=args.decode_on_device,
         batch_size=args.batch_size,
         num_workers=args.workers,
     )
@@ -340,7 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
         p.add_argument("--dtype", choices=list(DTYPES), help="default: bf16 on cuda, fp32 on cpu")
         p.add_argument("--int8", action="store_true", help="int8 dynamic quantisation (CPU)")
-        p.add_argument("--compile", action="store_true", help="torch.compile the towers")
+        p.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
+                       help="torch.compile the towers; MODE: a torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
+        p.add_argument("--decode-on-device", action="store_true", help="decode JPEG files on the device (nvJPEG on a GPU)")
         p.add_argument("--batch-size", type=int, default=256)
         p.add_argument("--workers", type=int, help="image decoding workers (default: up to 16 on cuda, 0 on cpu)")
 

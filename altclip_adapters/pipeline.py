@@ -2,9 +2,11 @@
 
 Texts are batched by length (each batch padded only to its own longest text). Images are decoded,
 resized and cropped to uint8 in DataLoader workers, copied through pinned memory, and normalised
-on the device. On a GPU the model runs in bf16 by default; ``compile=True`` adds ``torch.compile``
-(image batches keep one fixed shape); on a CPU ``int8=True`` swaps every Linear layer for a
-dynamically quantised int8 one.
+on the device; ``decode_on_device=True`` decodes JPEG files with torchvision on the device instead
+(nvJPEG on a GPU). On a GPU the model runs in bf16 by default; ``compile=True`` (or a
+``torch.compile`` mode such as ``"reduce-overhead"``, which records CUDA graphs) compiles the
+towers, image batches keeping one fixed shape; on a CPU ``int8=True`` swaps every Linear layer for
+a dynamically quantised int8 one.
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms.v2 import functional as TF
 
 from .core.model import AltCLIP
 from .processor import ImageInput, ImageTransform
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+JPEG_SUFFIXES = {".jpg", ".jpeg"}
 
 
 @dataclass
@@ -36,27 +41,45 @@ class ImageBatch:
 
 
 class _ImageItems(Dataset):
-    """Resized and cropped uint8 pixels of each item, or the reason it cannot be read."""
+    """Resized and cropped uint8 pixels of each item, or the reason it cannot be read; with
+    ``raw_jpegs``, the undecoded bytes of each JPEG file instead (decoded later on the device)."""
 
-    def __init__(self, items: Sequence[ImageInput], transform: ImageTransform):
+    def __init__(self, items: Sequence[ImageInput], transform: ImageTransform, raw_jpegs: bool = False):
         self.items = items
         self.transform = transform
+        self.raw_jpegs = raw_jpegs
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+        item = self.items[index]
         try:
-            return index, self.transform.uint8(self.items[index]), None
+            if self.raw_jpegs and isinstance(item, (str, Path)) and Path(item).suffix.lower() in JPEG_SUFFIXES:
+                data = Path(item).read_bytes()
+                if data:
+                    return index, torch.frombuffer(bytearray(data), dtype=torch.uint8), None
+            return index, self.transform.uint8(item), None
         except (OSError, ValueError, TypeError) as e:
             return index, None, str(e)
 
 
 def _collate(batch: list[tuple[int, torch.Tensor | None, str | None]]):
-    ok = [(i, pixels) for i, pixels, _ in batch if pixels is not None]
-    errors = [(i, error) for i, pixels, error in batch if pixels is None]
-    pixels = torch.stack([p for _, p in ok]) if ok else None
-    return [i for i, _ in ok], pixels, errors
+    """(positions and stacked pixels of the decoded items, positions and bytes of the raw JPEGs, errors)."""
+    decoded = [(i, data) for i, data, _ in batch if data is not None and data.ndim == 3]
+    raw = [(i, data) for i, data, _ in batch if data is not None and data.ndim == 1]
+    errors = [(i, error) for i, data, error in batch if data is None]
+    pixels = torch.stack([p for _, p in decoded]) if decoded else None
+    return [i for i, _ in decoded], pixels, [i for i, _ in raw], [data for _, data in raw], errors
+
+
+def resize_crop(transform: ImageTransform, pixels: torch.Tensor) -> torch.Tensor:
+    """``transform.uint8`` for uint8 pixels [3, H, W] already decoded, on whatever device they are."""
+    mode = TF.InterpolationMode.BICUBIC if transform.resample == 3 else TF.InterpolationMode.BILINEAR
+    pixels = TF.resize(pixels, list(transform.resize_size(*pixels.shape[-2:])), interpolation=mode, antialias=True)
+    height, width = pixels.shape[-2:]
+    ch, cw = transform.crop_size
+    return TF.crop(pixels, int((height - ch) / 2.0), int((width - cw) / 2.0), ch, cw)
 
 
 def default_device() -> torch.device:
@@ -64,11 +87,16 @@ def default_device() -> torch.device:
 
 
 def quantize_int8(model: AltCLIP) -> AltCLIP:
-    """Replace every ``nn.Linear`` with a dynamically quantised int8 one, in place (CPU only)."""
+    """Replace every ``nn.Linear`` with a dynamically quantised int8 one, in place (CPU only).
+
+    Uses ``torch.ao.quantization.quantize_dynamic``, which torch marks deprecated in favour of
+    torchao but still ships and runs; its deprecation notices are silenced here.
+    """
     from torch.ao.quantization import quantize_dynamic
 
-    with warnings.catch_warnings():  # torch announces the removal of quantized tensors; they work in this torch
-        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*", category=UserWarning)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.ao.quantization is deprecated")
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
         return quantize_dynamic(model.float().cpu(), {nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
@@ -82,7 +110,8 @@ class Embedder:
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         int8: bool = False,
-        compile: bool = False,
+        compile: bool | str = False,
+        decode_on_device: bool = False,
         batch_size: int = 256,
         num_workers: int | None = None,
         normalize: bool = True,
@@ -101,13 +130,15 @@ class Embedder:
             model = model.to(self.device, dtype)
         self.model = model.eval()
         self.processor = model.processor
-        self.compile = compile
+        self.compile = bool(compile)
+        self.decode_on_device = decode_on_device
         self.batch_size = batch_size
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         self.num_workers = num_workers if num_workers is not None else (min(16, cpus) if self.device.type == "cuda" else 0)
         self.normalize = normalize
-        self._encode_text = torch.compile(model.encode_text, dynamic=True) if compile else model.encode_text
-        self._encode_image = torch.compile(model.encode_image) if compile else model.encode_image
+        mode = compile if isinstance(compile, str) else None
+        self._encode_text = torch.compile(model.encode_text, dynamic=True, mode=mode) if compile else model.encode_text
+        self._encode_image = torch.compile(model.encode_image, mode=mode) if compile else model.encode_image
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, **kwargs) -> Embedder:
@@ -131,12 +162,9 @@ class Embedder:
         pad = self.model.config.text.pad_token_id
         for start in range(0, len(order), self.batch_size):
             positions = order[start : start + self.batch_size]
-            longest = len(ids[positions[0]])
-            input_ids = torch.full((len(positions), longest), pad, dtype=torch.long)
-            mask = torch.zeros((len(positions), longest), dtype=torch.long)
-            for row, i in enumerate(positions):
-                input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
-                mask[row, : len(ids[i])] = 1
+            lengths = [len(ids[i]) for i in positions]
+            input_ids = torch.tensor([list(ids[i]) + [pad] * (lengths[0] - n) for i, n in zip(positions, lengths)])
+            mask = (torch.arange(lengths[0]) < torch.tensor(lengths)[:, None]).long()
             with torch.inference_mode():
                 features = self._encode_text(input_ids.to(self.device), mask.to(self.device), normalize=self.normalize)
             yield positions, features.float().cpu()
@@ -150,6 +178,7 @@ class Embedder:
 
     # images ------------------------------------------------------------------------------------
     def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Embeddings (float32, CPU) of uint8 pixels [N, 3, H, W] on any device."""
         pixels = pixels.to(self.device, non_blocking=True)
         count = pixels.shape[0]
         if self.compile and count < self.batch_size:  # one fixed shape for the compiled graph
@@ -159,21 +188,52 @@ class Embedder:
             features = self._encode_image(values, normalize=self.normalize)
         return features[:count].float().cpu()
 
+    def _decode_jpegs(self, items: Sequence[ImageInput], indices: list[int], data: list[torch.Tensor]):
+        """(positions, resized and cropped uint8 pixels on the device, errors) of raw JPEG files;
+        a file the device's decoder rejects goes through the CPU path instead."""
+        transform = self.processor.image_transform
+        try:
+            images = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
+        except RuntimeError:  # a batch fails as a whole: find the culprits one by one
+            images = []
+            for one in data:
+                try:
+                    images.append(decode_jpeg(one, mode=ImageReadMode.RGB, device=self.device))
+                except RuntimeError:
+                    images.append(None)
+        positions, pixels, errors = [], [], []
+        for index, image in zip(indices, images):
+            try:
+                pixels.append(resize_crop(transform, image) if image is not None else transform.uint8(items[index]).to(self.device))
+                positions.append(index)
+            except (OSError, ValueError) as e:
+                errors.append((index, str(e)))
+        return positions, pixels, errors
+
     def iter_images(self, images: Sequence[ImageInput]) -> Iterator[ImageBatch]:
         """One :class:`ImageBatch` per batch, in input order; unreadable images are reported, not raised."""
         if isinstance(images, (str, Path)) or not isinstance(images, Sequence) or len(images) == 0:
             raise ValueError("no images given: pass a non-empty list of images or image paths")
         loader = DataLoader(
-            _ImageItems(images, self.processor.image_transform),
+            _ImageItems(images, self.processor.image_transform, raw_jpegs=self.decode_on_device),
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             collate_fn=_collate,
             pin_memory=self.device.type == "cuda",
             prefetch_factor=4 if self.num_workers else None,
         )
-        empty = torch.empty(0, self.model.config.projection_dim)
-        for indices, pixels, errors in loader:
-            yield ImageBatch(indices, self._encode_pixels(pixels) if pixels is not None else empty, errors)
+        for indices, pixels, jpeg_indices, jpegs, errors in loader:
+            if jpegs:
+                decoded, jpeg_pixels, failed = self._decode_jpegs(images, jpeg_indices, jpegs)
+                parts = [pixels.to(self.device, non_blocking=True)] if pixels is not None else []
+                parts += [torch.stack(jpeg_pixels)] if jpeg_pixels else []
+                indices, errors = indices + decoded, sorted(errors + failed)
+                pixels = torch.cat(parts) if parts else None
+            if pixels is None:
+                yield ImageBatch([], torch.empty(0, self.model.config.projection_dim), errors)
+                continue
+            order = sorted(range(len(indices)), key=indices.__getitem__)
+            yield ImageBatch([indices[i] for i in order], self._encode_pixels(pixels)[order], errors)
 
     def images(self, images: Sequence[ImageInput]) -> torch.Tensor:
         """Embeddings [N, projection_dim] of ``images``, in input order; raises ValueError naming

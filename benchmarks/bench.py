@@ -258,15 +258,15 @@ def bench_end_to_end(args, folder: Path, device: torch.device, preset: dict) -> 
     size = processor.crop_size["height"]
     ref_seconds, truth = timed(reference, lambda: image_features(ref, torch.zeros(1, 3, size, size, device=device, dtype=dtype)), device)
     del ref
-    embedder = Embedder(
-        AltCLIP.from_pretrained(folder), device=device, dtype=dtype, batch_size=batch, num_workers=args.workers
-    )
     ours_paths = paths[: preset["jpegs"]]
     warm = ours_paths[:batch] if device.type == "cuda" else ours_paths[:1]
-    ours_seconds, ours = timed(lambda: embedder.images(ours_paths), lambda: embedder.images(warm), device)
-    fidelity = min_cosine(ours[: len(ref_paths)], truth)
-    row(f"JPEG folder -> embeddings, {embedder.num_workers} workers", len(ours_paths) / ours_seconds,
-        len(ref_paths) / ref_seconds, "img/s", f"cos to ref {args.dtype[0]} {fidelity:.6f}")
+    model = AltCLIP.from_pretrained(folder)
+    for on_device in (False, True) if device.type == "cuda" else (False,):
+        embedder = Embedder(model, device=device, dtype=dtype, batch_size=batch, num_workers=args.workers, decode_on_device=on_device)
+        ours_seconds, ours = timed(lambda: embedder.images(ours_paths), lambda: embedder.images(warm), device)
+        fidelity = min_cosine(ours[: len(ref_paths)], truth)
+        label = f"JPEGs -> embeddings, {embedder.num_workers} workers" + (", nvJPEG" if on_device else "")
+        row(label, len(ours_paths) / ours_seconds, len(ref_paths) / ref_seconds, "img/s", f"cos to ref {args.dtype[0]} {fidelity:.6f}")
 
 
 def main() -> None:

@@ -134,3 +134,19 @@ def test_find_images_searches_folders_recursively(tmp_path, image_files):
         (tmp_path / "sub" / path.name).write_bytes(path.read_bytes())
     (tmp_path / "notes.txt").write_text("not an image")
     assert [p.name for p in find_images([tmp_path])] == sorted(p.name for p in image_files[:2])
+
+
+def test_decoding_jpegs_with_torchvision_matches_the_cpu_path(tiny_dir, embedder, image_files, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    items = [image_files[0], broken, image_files[1], tmp_path / "empty.jpg", tmp_path / "missing.jpg", image_files[2]]
+    device = Embedder(AltCLIP.from_pretrained(tiny_dir), decode_on_device=True, batch_size=4)
+    batches = list(device.iter_images(items))
+    assert [i for b in batches for i in b.indices] == [0, 2, 5]
+    errors = dict(e for b in batches for e in b.errors)
+    assert sorted(errors) == [1, 3, 4]
+    assert "broken.jpg" in errors[1] and "empty.jpg" in errors[3] and "missing.jpg" in errors[4]
+    got = torch.cat([b.embeddings for b in batches])
+    expected = embedder.images([image_files[0], image_files[1], image_files[2]])
+    assert F.cosine_similarity(got, expected).min() > 0.9999
