@@ -187,3 +187,10 @@ def test_clip_benchmark_cli(open_clip_dir, csv_file, tmp_path):
     metrics = results["metrics"]
     assert set(metrics) == {f"{kind}_retrieval_recall@{k}" for kind in ("image", "text") for k in (1, 5)}
     assert all(0.0 <= v <= 1.0 for v in metrics.values())
+
+
+def test_example_runs_offline(tmp_path):
+    example = Path(__file__).parents[1] / "examples" / "open_clip_zero_shot.py"
+    output = run([sys.executable, str(example), "--tiny"], cwd=tmp_path).stdout
+    assert "zero-shot:" in output and "retrieval (best image per caption):" in output
+    assert "red square: red" in output and "'一个绿色的正方形' ->" in output
