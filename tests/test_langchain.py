@@ -198,6 +198,8 @@ def test_bad_input(tiny_dir, embeddings, image_paths, tmp_path):
         AltCLIPEmbeddings(tiny_dir, context_length=1000)
     with pytest.raises(FileNotFoundError, match="no-such-model"):
         AltCLIPEmbeddings("no-such-model")
+    with pytest.raises(ValueError, match="no processor"):
+        AltCLIPEmbeddings(AltCLIP(embeddings._embedder.model.config))
 
 
 def test_missing_extra_names_it(monkeypatch):
