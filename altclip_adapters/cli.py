@@ -11,11 +11,16 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+from PIL import Image
 
 from . import registry
 from .core.model import AltCLIP
+
+if TYPE_CHECKING:
+    from .pipeline import Embedder
 
 OUTPUT_SUFFIXES = (".npy", ".parquet")
 FLUSH_ITEMS, FLUSH_SECONDS = 4096, 60.0  # a partial run keeps at most this much unsaved work
@@ -31,7 +36,7 @@ def warn(message: str) -> None:
 
 
 # model ---------------------------------------------------------------------------------------------
-def load_embedder(model: str, args: argparse.Namespace):
+def load_embedder(model: str, args: argparse.Namespace) -> Embedder:
     import torch
 
     from .pipeline import Embedder
@@ -41,7 +46,7 @@ def load_embedder(model: str, args: argparse.Namespace):
         device=args.device,
         dtype=getattr(torch, DTYPES[args.dtype]) if args.dtype else None,
         int8=args.int8,
-        compile=args.compile,
+        compile=args.compile_mode or args.compile,
         decode_on_device=args.decode_on_device,
         batch_size=args.batch_size,
         num_workers=args.workers,
@@ -170,7 +175,8 @@ def cmd_embed(args: argparse.Namespace) -> None:
     if todo:
         embedder = load_embedder(args.model, args)
         positions, chunks, last = [], [], time.monotonic()
-        with tqdm(total=len(todo), unit=modality[:3], disable=args.quiet, file=sys.stderr) as bar:
+        unit = "img" if modality == "image" else "text"
+        with tqdm(total=len(todo), unit=unit, disable=args.quiet, file=sys.stderr) as bar:
             if modality == "text":
                 batches = ((idx, emb, []) for idx, emb in embedder.iter_texts([items[i] for i in todo]))
             else:
@@ -225,9 +231,9 @@ DEMO_LABELS = {
 }
 
 
-def demo_images() -> dict:
+def demo_images() -> dict[str, Image.Image]:
     """A red circle, a blue square and a green triangle on white, 224x224."""
-    from PIL import Image, ImageDraw
+    from PIL import ImageDraw
 
     shapes = {}
     for name, draw_shape in (
@@ -258,12 +264,13 @@ def cmd_demo(args: argparse.Namespace) -> None:
         embedder = load_embedder(model, args)
         images = demo_images()
         image_emb = embedder.images(list(images.values()))
+        text_emb = {language: embedder.texts(labels) for language, labels in DEMO_LABELS.items()}
         scale = embedder.model.logit_scale.exp().float().item()
         print(f"zero-shot classification with {label}")
         for row, name in enumerate(images):
             print(f"image: {name}")
             for language, labels in DEMO_LABELS.items():
-                probs = torch.softmax(scale * embedder.texts(labels) @ image_emb[row], dim=0)
+                probs = torch.softmax(scale * text_emb[language] @ image_emb[row], dim=0)
                 print(f"  {language}: " + "  ".join(f"{text} {p:.2f}" for text, p in zip(labels, probs.tolist())))
 
 
@@ -341,8 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
         p.add_argument("--dtype", choices=list(DTYPES), help="default: bf16 on cuda, fp32 on cpu")
         p.add_argument("--int8", action="store_true", help="int8 dynamic quantisation (CPU)")
-        p.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
-                       help="torch.compile the towers; MODE: a torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
+        p.add_argument("--compile", action="store_true", help="torch.compile the towers")
+        p.add_argument("--compile-mode", help="a torch.compile mode, e.g. reduce-overhead (CUDA graphs); implies --compile")
         p.add_argument("--decode-on-device", action="store_true", help="decode JPEG files on the device (nvJPEG on a GPU)")
         p.add_argument("--batch-size", type=int, default=256)
         p.add_argument("--workers", type=int, help="image decoding workers (default: up to 16 on cuda, 0 on cpu)")
