@@ -56,7 +56,9 @@ def main() -> None:
     images = [Image.open(path).convert("RGB") for path in args.images] or demo_images()
 
     with torch.no_grad():
-        classifier = open_clip.build_zero_shot_classifier(model, tokenizer, LABELS, TEMPLATES, device="cpu", use_tqdm=False)
+        classifier = open_clip.build_zero_shot_classifier(
+            model, tokenizer, LABELS, TEMPLATES, device="cpu", use_tqdm=False
+        )
         image_features = model.encode_image(torch.stack([preprocess(image) for image in images]), normalize=True)
         text_features = model.encode_text(tokenizer(CAPTIONS), normalize=True)
     probabilities = (model.logit_scale.exp() * image_features @ classifier).softmax(dim=-1)

@@ -15,17 +15,16 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from conftest import make_images
 from open_clip import factory
-from PIL import Image
 from torch.testing import assert_close
 from transformers import AltCLIPModel, CLIPImageProcessor
 
 import altclip_adapters
 from altclip_adapters import AltCLIP
 from altclip_adapters.adapters.open_clip import AltCLIPOpenCLIP, model_config, save_for_open_clip, save_hf
-from conftest import make_images
 
-TOL = dict(atol=1e-5, rtol=0)
+TOL = {"atol": 1e-5, "rtol": 0}
 CLASSNAMES = ["猫", "dog", "voiture"]
 TEMPLATES = [lambda c: f"a photo of a {c}.", lambda c: f"一张{c}的照片。", lambda c: f"ein Foto von {c}"]
 
@@ -168,7 +167,9 @@ def test_pretrained_tag_downloads_the_baai_file(names, tiny_bin_dir, reference, 
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as HF_HUB_OFFLINE=1 in tox.ini
-    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, names[0], {"baai": open_clip.get_pretrained_cfg("AltCLIP", "baai")})
+    monkeypatch.setitem(
+        open_clip.pretrained._PRETRAINED, names[0], {"baai": open_clip.get_pretrained_cfg("AltCLIP", "baai")}
+    )
     model = open_clip.create_model(names[0], pretrained="baai", cache_dir=str(tmp_path / "hub"))
     image, text, _ = reference_embeddings(reference, *inputs)
     assert_close(embeddings(model, *inputs), (image, text), **TOL)
@@ -189,7 +190,9 @@ def test_m18_keeps_transformation_pre(names, m18_dir):
 def test_pretrained_open_clip_checkpoints(tiny, names, tmp_path, inputs):
     """A training checkpoint (DDP keys, as open_clip_train writes) and a bare state dict."""
     state = tiny.state_dict()
-    torch.save({"epoch": 3, "name": "run", "state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "epoch_3.pt")
+    torch.save(
+        {"epoch": 3, "name": "run", "state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "epoch_3.pt"
+    )
     torch.save(state, tmp_path / "bare.pt")
     expected = embeddings(tiny, *inputs)
     for path in (tmp_path / "epoch_3.pt", tmp_path / "bare.pt"):
@@ -200,18 +203,19 @@ def test_pretrained_open_clip_checkpoints(tiny, names, tmp_path, inputs):
 def test_local_dir_and_hf_hub_schemas(tiny_dir, tiny, tmp_path, inputs, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as HF_HUB_OFFLINE=1 in tox.ini
     folder = save_for_open_clip(tiny_dir, tmp_path / "open_clip_folder")
-    assert {"open_clip_config.json", "open_clip_model.safetensors", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
+    assert {"open_clip_config.json", "open_clip_model.safetensors", "tokenizer.json"} <= {
+        p.name for p in folder.iterdir()
+    }
     commit = "0123456789abcdef0123456789abcdef01234567"
     cache = tmp_path / "hub"
     shutil.copytree(folder, cache / "models--altclip-test--tiny" / "snapshots" / commit)
     (cache / "models--altclip-test--tiny" / "refs").mkdir()
     (cache / "models--altclip-test--tiny" / "refs" / "main").write_text(commit)
     expected = embeddings(tiny, *inputs)
-    pixel_values, ids = inputs
     texts = ["a photo of a cat", "一只狗的照片"]
     for name in (f"local-dir:{folder}", "hf-hub:altclip-test/tiny"):
         model, _, preprocess = open_clip.create_model_and_transforms(name, cache_dir=str(cache))
-        assert isinstance(model, AltCLIPOpenCLIP)
+        assert isinstance(model, AltCLIPOpenCLIP) and preprocess(make_images(1)[0]).shape == (3, 32, 32)
         assert_close(embeddings(model, *inputs), expected, atol=0, rtol=0)
         tokenizer = open_clip.get_tokenizer(name, cache_dir=str(cache))
         assert torch.equal(tokenizer(texts), open_clip.get_tokenizer("AltCLIP-tiny")(texts))
@@ -238,7 +242,9 @@ def test_export_to_the_baai_layout(tiny, tmp_path, inputs):
     from transformers import AltCLIPProcessor
 
     processor = AltCLIPProcessor.from_pretrained(folder)
-    assert processor(text=["一只狗的照片"], return_tensors="pt")["input_ids"].tolist() == [[0, *processor.tokenizer("一只狗的照片", add_special_tokens=False)["input_ids"], 2]]
+    assert processor(text=["一只狗的照片"], return_tensors="pt")["input_ids"].tolist() == [
+        [0, *processor.tokenizer("一只狗的照片", add_special_tokens=False)["input_ids"], 2]
+    ]
 
 
 # tokenizer and transforms ---------------------------------------------------------------------
@@ -256,7 +262,7 @@ def test_tokenizer_matches_the_checkpoint_processor(tiny_dir, names):
 
 
 def crop_offset_open_clip(length, crop):
-    return int(round((length - crop) / 2.0))  # torchvision CenterCrop
+    return round((length - crop) / 2.0)  # torchvision CenterCrop
 
 
 def crop_offset_transformers(length, crop):
@@ -327,7 +333,9 @@ def test_zero_shot_classifier_and_retrieval(tiny, names, reference, inputs):
 # precision, locking, checkpointing ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("precision, dtype", [("fp16", torch.float16), ("bf16", torch.bfloat16), ("pure_bf16", torch.bfloat16)])
+@pytest.mark.parametrize(
+    "precision, dtype", [("fp16", torch.float16), ("bf16", torch.bfloat16), ("pure_bf16", torch.bfloat16)]
+)
 def test_precisions(precision, dtype, names, tiny_dir, tiny, inputs):
     model = open_clip.create_model(names[0], pretrained=str(tiny_dir / "model.safetensors"), precision=precision)
     pixel_values, ids = inputs
@@ -346,7 +354,9 @@ def test_lock_towers(names):
     assert all(p.requires_grad for p in model.text.parameters())
     model.lock_image_tower(unlocked_groups=2)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad and n.startswith(("vision", "visual"))}
-    assert trainable == {"visual_projection.weight"} | {n for n, _ in model.named_parameters() if n.startswith(("vision.vit.blocks.1.", "vision.vit.norm."))}
+    assert trainable == {"visual_projection.weight"} | {
+        n for n, _ in model.named_parameters() if n.startswith(("vision.vit.blocks.1.", "vision.vit.norm."))
+    }
     model = open_clip.create_model(names[0])
     model.lock_text_tower(unlocked_layers=1, freeze_layer_norm=True)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad and n.startswith("text")}
@@ -364,7 +374,9 @@ def test_grad_checkpointing_gives_the_same_gradients(names, tiny_dir, inputs):
         out = model(pixel_values, ids[:4])
         loss = open_clip.ClipLoss()(out["image_features"], out["text_features"], out["logit_scale"])
         loss.backward()
-        grads.append([model.vision.vit.blocks[0].attn.qkv.weight.grad, model.text.encoder.embeddings.word_embeddings.weight.grad])
+        grads.append(
+            [model.vision.vit.blocks[0].attn.qkv.weight.grad, model.text.encoder.embeddings.word_embeddings.weight.grad]
+        )
     assert_close(grads[0], grads[1], atol=1e-6, rtol=0)
 
 

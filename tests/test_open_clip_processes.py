@@ -24,8 +24,14 @@ from transformers import AltCLIPModel
 from altclip_adapters.adapters.open_clip import AltCLIPOpenCLIP, save_for_open_clip, save_hf
 
 CAPTIONS = [
-    "a photo of a cat", "一只狗的照片", "猫の写真", "ein Foto von einem Hund",
-    "una foto de un coche rojo", "фотография кошки", "고양이 사진", "une photo d'un chat",
+    "a photo of a cat",
+    "一只狗的照片",
+    "猫の写真",
+    "ein Foto von einem Hund",
+    "una foto de un coche rojo",
+    "фотография кошки",
+    "고양이 사진",
+    "une photo d'un chat",
 ]
 # open_clip_train hands DistributedDataParallel device_ids=[device] also on CPU, which torch rejects;
 # this launcher drops them there and then runs open_clip_train unchanged.
@@ -50,7 +56,7 @@ main(sys.argv[1:])
 
 def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
     environ = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **env}
-    result = subprocess.run(args, cwd=cwd, env=environ, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(args, check=False, cwd=cwd, env=environ, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -79,10 +85,35 @@ def train(open_clip_dir, csv_file, logs: Path, name: str, *extra: str, launcher:
     """open_clip_train on CPU (logs land in ``logs/<name>``; the default --logs ./logs/ keeps torchrun's
     argument parser, which would take --logs for its --logs-specs, out of the way)."""
     args = [
-        "--model", f"local-dir:{open_clip_dir}", "--train-data", str(csv_file), "--dataset-type", "csv",
-        "--csv-img-key", "filepath", "--csv-caption-key", "title", "--batch-size", "4", "--workers", "0",
-        "--device", "cpu", "--lr", "5e-3", "--wd", "0", "--warmup", "1", "--zeroshot-frequency", "0",
-        "--report-to", "", "--name", name, *extra,
+        "--model",
+        f"local-dir:{open_clip_dir}",
+        "--train-data",
+        str(csv_file),
+        "--dataset-type",
+        "csv",
+        "--csv-img-key",
+        "filepath",
+        "--csv-caption-key",
+        "title",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--lr",
+        "5e-3",
+        "--wd",
+        "0",
+        "--warmup",
+        "1",
+        "--zeroshot-frequency",
+        "0",
+        "--report-to",
+        "",
+        "--name",
+        name,
+        *extra,
     ]
     logs.mkdir(exist_ok=True)
     return run([*(launcher or [sys.executable, "-m", "open_clip_train.main"]), *args], cwd=logs.parent)
@@ -118,7 +149,9 @@ def test_switched_off_then_registered_by_import(open_clip_dir, tmp_path):
         "print('AltCLIP' in list_models()); import altclip_adapters; "
         "print('AltCLIP' in list_models(), type(create_model(sys.argv[1])).__name__)"
     )
-    result = run([sys.executable, "-c", code, f"local-dir:{open_clip_dir}"], cwd=tmp_path, ALTCLIP_ADAPTERS_NO_AUTOLOAD="1")
+    result = run(
+        [sys.executable, "-c", code, f"local-dir:{open_clip_dir}"], cwd=tmp_path, ALTCLIP_ADAPTERS_NO_AUTOLOAD="1"
+    )
     assert result.stdout.split() == ["False", "True", "AltCLIPOpenCLIP"]
 
 
@@ -160,8 +193,19 @@ def test_open_clip_train_under_torchrun(open_clip_dir, csv_file, tmp_path):
     launcher = tmp_path / "launch.py"
     launcher.write_text(CPU_DDP_LAUNCHER)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(launcher)]
-    train(open_clip_dir, csv_file, tmp_path / "logs", "ddp", "--epochs", "1", "--batch-size", "2",
-          "--dist-backend", "gloo", launcher=torchrun)
+    train(
+        open_clip_dir,
+        csv_file,
+        tmp_path / "logs",
+        "ddp",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--dist-backend",
+        "gloo",
+        launcher=torchrun,
+    )
     log = (tmp_path / "logs" / "ddp" / "out.log").read_text()
     assert "Running in distributed mode with multiple processes" in log and "total 2" in log
     raw = torch.load(tmp_path / "logs" / "ddp" / "checkpoints" / "epoch_1.pt", map_location="cpu", weights_only=True)
@@ -174,14 +218,40 @@ def test_open_clip_train_under_torchrun(open_clip_dir, csv_file, tmp_path):
 def test_clip_benchmark_cli(open_clip_dir, csv_file, tmp_path):
     """Multilingual retrieval (clip_benchmark's xtd10 dataset, read from a local annotation file)."""
     paths = sorted(str(p) for p in csv_file.parent.glob("*.png"))
-    annotations = {"image_paths": paths, "annotations": ["一只猫的照片", "一只狗的照片", "红色汽车", "自行车", "猫", "狗", "车", "人"]}
+    annotations = {
+        "image_paths": paths,
+        "annotations": ["一只猫的照片", "一只狗的照片", "红色汽车", "自行车", "猫", "狗", "车", "人"],
+    }
     (tmp_path / "xtd10-zh.json").write_text(json.dumps(annotations, ensure_ascii=False))
     output = tmp_path / "results.json"
-    run([
-        sys.executable, "-m", "clip_benchmark.cli", "eval", "--dataset", "xtd10", "--language", "zh",
-        "--dataset_root", str(tmp_path), "--model", f"local-dir:{open_clip_dir}", "--pretrained", "none",
-        "--output", str(output), "--num_workers", "0", "--batch_size", "4", "--recall_k", "1", "5",
-    ], cwd=tmp_path)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "clip_benchmark.cli",
+            "eval",
+            "--dataset",
+            "xtd10",
+            "--language",
+            "zh",
+            "--dataset_root",
+            str(tmp_path),
+            "--model",
+            f"local-dir:{open_clip_dir}",
+            "--pretrained",
+            "none",
+            "--output",
+            str(output),
+            "--num_workers",
+            "0",
+            "--batch_size",
+            "4",
+            "--recall_k",
+            "1",
+            "5",
+        ],
+        cwd=tmp_path,
+    )
     results = json.loads(output.read_text())
     assert results["model"] == f"local-dir:{open_clip_dir}" and results["task"] == "zeroshot_retrieval"
     metrics = results["metrics"]

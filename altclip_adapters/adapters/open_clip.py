@@ -58,7 +58,11 @@ def model_config(source: str | Path) -> dict[str, Any]:
         "embed_dim": config.projection_dim,
         "custom_text": True,  # sends create_model to CustomTextCLIP, where the dispatch sits
         "vision_cfg": {"image_size": config.vision.image_size},
-        "text_cfg": {"context_length": context_length, "vocab_size": config.text.vocab_size, "hf_tokenizer_name": tokenizer},
+        "text_cfg": {
+            "context_length": context_length,
+            "vocab_size": config.text.vocab_size,
+            "hf_tokenizer_name": tokenizer,
+        },
         MARKER: config.to_dict(),
     }
 
@@ -105,9 +109,9 @@ class AltCLIPOpenCLIP(AltCLIP):
         self.context_length = text_cfg.get("context_length", DEFAULT_CONTEXT_LENGTH)
         self.vocab_size = config.text.vocab_size
         image_size = vision_cfg.get("image_size", config.vision.image_size)
-        native = config.vision.image_size
-        # other sizes (force_image_size) interpolate the position embedding, as transformers does
-        self._interpolate = tuple(image_size) != (native, native) if isinstance(image_size, (tuple, list)) else image_size != native
+        size = tuple(image_size) if isinstance(image_size, (tuple, list)) else (image_size, image_size)
+        # another size (force_image_size) interpolates the position embedding, as transformers does
+        self._interpolate = size != (config.vision.image_size, config.vision.image_size)
         self.vision.image_size = image_size
         set_model_preprocess_cfg(self, asdict(PreprocessCfg(size=image_size)))
 
@@ -227,7 +231,12 @@ def save_for_open_clip(source: str | Path, folder: str | Path) -> Path:
     interpolation = {code: name for name, code in _INTERPOLATION.items()}[transform.resample]
     set_model_preprocess_cfg(
         model,
-        {**model.visual.preprocess_cfg, "mean": list(transform.mean), "std": list(transform.std), "interpolation": interpolation},
+        {
+            **model.visual.preprocess_cfg,
+            "mean": list(transform.mean),
+            "std": list(transform.std),
+            "interpolation": interpolation,
+        },
     )
     tokenizer = HFTokenizer(str(checkpoint), context_length=config["text_cfg"]["context_length"])
     save_for_hf(model, tokenizer, config, folder)
@@ -251,8 +260,11 @@ def _dispatching(real: type) -> type:
 
 def _check_open_clip() -> None:
     """Fail loudly if open_clip no longer has what the registration relies on."""
-    problems = [f"open_clip.factory.{name} is missing" for name in ("_MODEL_CONFIGS", "_rescan_model_configs", "create_model")
-                if not hasattr(factory, name)]
+    problems = [
+        f"open_clip.factory.{name} is missing"
+        for name in ("_MODEL_CONFIGS", "_rescan_model_configs", "create_model")
+        if not hasattr(factory, name)
+    ]
     if not isinstance(getattr(factory, "CustomTextCLIP", None), type):
         problems.append("open_clip.factory.CustomTextCLIP is not a class")
     elif hasattr(factory, "create_model") and "CustomTextCLIP" not in factory.create_model.__code__.co_names:
