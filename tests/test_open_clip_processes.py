@@ -155,6 +155,15 @@ def test_switched_off_then_registered_by_import(open_clip_dir, tmp_path):
     assert result.stdout.split() == ["False", "True", "AltCLIPOpenCLIP"]
 
 
+def test_import_altclip_adapters_first_registers_when_open_clip_comes(tmp_path):
+    code = (
+        "import sys, altclip_adapters; print('open_clip' in sys.modules); "
+        "import open_clip; print('AltCLIP-m9' in open_clip.list_models())"
+    )
+    result = run([sys.executable, "-c", code], cwd=tmp_path, ALTCLIP_ADAPTERS_NO_AUTOLOAD="1")
+    assert result.stdout.split() == ["False", "True"]
+
+
 def test_open_clip_train_fine_tunes_resumes_and_exports(open_clip_dir, csv_file, tmp_path):
     logs = tmp_path / "logs"
     train(open_clip_dir, csv_file, logs, "run", "--epochs", "2", "--val-data", str(csv_file))
