@@ -153,7 +153,8 @@ class AltCLIPOpenCLIP(AltCLIP):
 
     def lock_image_tower(self, unlocked_groups: int = 0, freeze_bn_stats: bool = False) -> None:
         """Freeze the vision tower and its projection except the last ``unlocked_groups`` groups
-        (grouped as open_clip's VisionTransformer: stem, each block, last block + norm, projection)."""
+        (grouped as open_clip's VisionTransformer: stem, each block, last block + norm, projection).
+        ``freeze_bn_stats`` is accepted for open_clip_train; a ViT has no batch norm."""
         vit = self.vision.vit
         groups = [
             [vit.patch_embed, vit.cls_token, vit.pos_embed, vit.norm_pre],
@@ -285,15 +286,13 @@ def register() -> None:
     for name, card in registry.cards().items():
         factory._MODEL_CONFIGS[name] = model_config(name)
         prep = card["preprocessing"]
-        pretrained._PRETRAINED[name] = {
-            PRETRAINED_TAG: {
-                "url": "",
-                "hf_hub": f"{card['hub']['repo_id']}/{card['hub']['weights']}",
-                "mean": tuple(prep["mean"]),
-                "std": tuple(prep["std"]),
-                "interpolation": prep["interpolation"],
-                "resize_mode": "shortest",
-            }
+        pretrained._PRETRAINED.setdefault(name, {})[PRETRAINED_TAG] = {
+            "url": "",
+            "hf_hub": f"{card['hub']['repo_id']}/{card['hub']['weights']}",
+            "mean": tuple(prep["mean"]),
+            "std": tuple(prep["std"]),
+            "interpolation": prep["interpolation"],
+            "resize_mode": "shortest",
         }
     factory._rescan_model_configs()  # keeps list_models() sorted
     if not hasattr(factory.CustomTextCLIP, "altclip_defers_to"):
