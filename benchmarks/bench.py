@@ -20,12 +20,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import transformers
 from PIL import Image
 
 from altclip_adapters import AltCLIP
@@ -33,9 +35,9 @@ from altclip_adapters.pipeline import Embedder
 from altclip_adapters.tiny import make_checkpoint
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-PRESETS = {  # work per mode: image batch, timed calls per round, alternating rounds, texts, text batch, JPEGs
-    "cpu": dict(image_batch=2, image_reps=1, rounds=2, texts=48, text_batch=8, jpegs=4, ref_jpegs=4),
-    "cuda": dict(image_batch=256, image_reps=8, rounds=3, texts=4096, text_batch=256, jpegs=8192, ref_jpegs=1024),
+PRESETS = {  # work per mode: image batch, timed calls per round, alternating rounds, texts, text batch, JPEGs, rounds
+    "cpu": dict(image_batch=2, image_reps=1, rounds=2, texts=48, text_batch=8, jpegs=4, ref_jpegs=4, e2e_rounds=2),
+    "cuda": dict(image_batch=256, image_reps=8, rounds=3, texts=4096, text_batch=256, jpegs=8192, ref_jpegs=1024, e2e_rounds=1),
 }
 
 
@@ -86,9 +88,8 @@ def load_reference(folder: Path, device: torch.device, dtype: torch.dtype):
 # load time and peak memory, each measured in a fresh process ---------------------------------------
 def probe_load(which: str, folder: str) -> None:
     """Run in a child process: load once, then read every weight once (as a first forward pass does;
-    a memory-mapped load defers its reading to then). Prints seconds and peak resident memory growth."""
-    import transformers  # noqa: F401  (imports are not part of the load time)
-
+    a memory-mapped load defers its reading to then). Prints seconds and peak resident memory growth;
+    imports (done at module level) are not counted."""
     def rss() -> int:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * resource.getpagesize()
@@ -184,7 +185,7 @@ def bench_towers(args, folder: Path, device: torch.device, preset: dict) -> None
     ref_tokens, ours_tokens = padded_tokens(lengths, text_batch), padded_tokens(sorted(lengths, reverse=True), text_batch)
     work = f"tokens incl. padding: ref {ref_tokens}, ours {ours_tokens} ({ref_tokens / ours_tokens:.2f}x less work)"
     print(f"towers ({device.type}); cos: min cosine similarity per embedding to the fp32 reference")
-    truth, ref_rates = {}, {}
+    truth = {}
     for name in args.dtype:
         dtype = DTYPES[name]
         x = pixels.to(dtype)
@@ -202,7 +203,12 @@ def bench_towers(args, folder: Path, device: torch.device, preset: dict) -> None
         row(f"image tower {name}, batch {batch}", batch / ours_s, batch / ref_s, "img/s", f"cos {min_cosine(images, truth['image']):.6f}")
         row(f"text tower {name}, 6-40 tok, batch {text_batch}", len(ids) / ours_text_s, len(ids) / ref_text_s, "txt/s",
             f"cos {min_cosine(texts, truth['text']):.6f}  {work}")
-        ref_rates[name] = batch / ref_s, len(ids) / ref_text_s
+        if device.type == "cpu" and dtype == torch.float32:  # int8 against the same fp32 reference, interleaved
+            int8 = Embedder(AltCLIP.from_pretrained(folder), device=device, int8=True, batch_size=text_batch)
+            ref_s, ours_s, _, images = compare(*image_fns(ref, int8, x), device, rounds, reps)
+            row(f"image tower int8, batch {batch}", batch / ours_s, batch / ref_s, "img/s", f"cos {min_cosine(images, truth['image']):.6f}")
+            ref_s, ours_s, _, texts = compare(*text_fns(ref, int8), device, rounds, 1)
+            row(f"text tower int8, batch {text_batch}", len(ids) / ours_s, len(ids) / ref_s, "txt/s", f"cos {min_cosine(texts, truth['text']):.6f}")
         if args.compile and name == args.dtype[0]:
             ref_c, ours_c = torch.compile(ref.get_image_features), torch.compile(embedder.model.encode_image)
             with torch.inference_mode():
@@ -212,14 +218,6 @@ def bench_towers(args, folder: Path, device: torch.device, preset: dict) -> None
         del ref, embedder
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    if device.type == "cpu" and "fp32" in args.dtype:  # against the fp32 reference figures above
-        embedder = Embedder(AltCLIP.from_pretrained(folder), device=device, int8=True, batch_size=text_batch)
-        _, ours, _, warm = image_fns(None, embedder, pixels)
-        seconds, out = timed(ours, warm, device, reps)
-        row(f"image tower int8, batch {batch}", batch / seconds, ref_rates["fp32"][0], "img/s", f"cos {min_cosine(out, truth['image']):.6f}")
-        _, ours, _, warm = text_fns(None, embedder)
-        seconds, out = timed(ours, warm, device)
-        row(f"text tower int8, batch {text_batch}", len(ids) / seconds, ref_rates["fp32"][1], "txt/s", f"cos {min_cosine(out, truth['text']):.6f}")
 
 
 # end to end: a folder of JPEGs -> embeddings -------------------------------------------------------
@@ -263,18 +261,20 @@ def bench_end_to_end(args, folder: Path, device: torch.device, preset: dict) -> 
             out.append(F.normalize(image_features(ref, pixels), dim=-1))
         return torch.cat(out)
 
-    size = processor.crop_size["height"]
-    ref_seconds, truth = timed(reference, lambda: image_features(ref, torch.zeros(1, 3, size, size, device=device, dtype=dtype)), device)
-    del ref
+    def warm_ref() -> None:
+        size = processor.crop_size["height"]
+        image_features(ref, torch.zeros(1, 3, size, size, device=device, dtype=dtype))
+
     ours_paths = paths[: preset["jpegs"]]
     warm = ours_paths[:batch] if device.type == "cuda" else ours_paths[:1]
     model = AltCLIP.from_pretrained(folder)
     for on_device in (False, True) if device.type == "cuda" else (False,):
         embedder = Embedder(model, device=device, dtype=dtype, batch_size=batch, num_workers=args.workers, decode_on_device=on_device)
-        ours_seconds, ours = timed(lambda: embedder.images(ours_paths), lambda: embedder.images(warm), device)
+        ref_s, ours_s, truth, ours = compare(reference, lambda: embedder.images(ours_paths), warm_ref,
+                                             lambda: embedder.images(warm), device, preset["e2e_rounds"], 1)
         fidelity = min_cosine(ours[: len(ref_paths)], truth)
         label = f"JPEGs -> embeddings, {embedder.num_workers} workers" + (", nvJPEG" if on_device else "")
-        row(label, len(ours_paths) / ours_seconds, len(ref_paths) / ref_seconds, "img/s", f"cos to ref {args.dtype[0]} {fidelity:.6f}")
+        row(label, len(ours_paths) / ours_s, len(ref_paths) / ref_s, "img/s", f"cos to ref {args.dtype[0]} {fidelity:.6f}")
 
 
 def main() -> None:
@@ -299,16 +299,22 @@ def main() -> None:
         print(f"writing a random checkpoint with BAAI/AltCLIP shapes to {folder} ...", flush=True)
         make_checkpoint(folder, "full")
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} {gpu}")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"transformers {transformers.__version__} {gpu}")
     print(f"threads {torch.get_num_threads()}, preset {preset}")
     started = time.perf_counter()
-    if "load" in args.only:
-        bench_load(folder)
-    if "towers" in args.only:
-        bench_towers(args, folder, device, preset)
-    if "e2e" in args.only:
-        bench_end_to_end(args, folder, device, preset)
-    print(f"total {time.perf_counter() - started:.0f} s")
+    sections = {"load": lambda: bench_load(folder), "towers": lambda: bench_towers(args, folder, device, preset),
+                "e2e": lambda: bench_end_to_end(args, folder, device, preset)}
+    failed = []
+    for name in args.only:
+        try:  # an unattended run reports a failing part and goes on with the others
+            sections[name]()
+        except Exception:
+            traceback.print_exc()
+            failed.append(name)
+        print(f"  [{name} done at {time.perf_counter() - started:.0f} s]", flush=True)
+    print(f"total {time.perf_counter() - started:.0f} s" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":
