@@ -17,7 +17,6 @@ import numpy as np
 from PIL import Image
 
 from . import registry
-from .core.model import AltCLIP
 
 if TYPE_CHECKING:
     from .pipeline import Embedder
@@ -305,6 +304,8 @@ def write_baai(source: str, layout: str, folder: Path) -> None:
         name = f"local-dir:{Path(source).expanduser().resolve()}"
         save_hf(open_clip.create_model(name), open_clip.get_tokenizer(name), folder)
     else:
+        from .core.model import AltCLIP
+
         AltCLIP.from_pretrained(source).save_pretrained(folder)
 
 
