@@ -101,7 +101,8 @@ def quantize_int8(model: AltCLIP) -> AltCLIP:
 
 
 class Embedder:
-    """An AltCLIP model prepared for bulk embedding; returns float32 CPU tensors, L2-normalised by default."""
+    """An AltCLIP model prepared (in place) for bulk embedding; returns float32 CPU tensors,
+    L2-normalised by default."""
 
     def __init__(
         self,
