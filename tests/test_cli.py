@@ -223,6 +223,7 @@ def test_convert_bin_to_safetensors(tiny_bin_dir, tiny_dir, tmp_path):
         (["{tiny}", "--to", "open_clip", "--native", "--out", "{tmp}/n"], "--native only applies"),
         (["{tmp}/full", "--to", "open_clip", "--out", "{tmp}/n"], "is not a BAAI-layout"),
         (["{tmp}/missing", "--to", "open_clip", "--out", "{tmp}/n"], "not a local folder, a registry name"),
+        (["{tiny}", "--arch", "AltCLIP", "--to", "open_clip", "--out", "{tmp}/n"], "--arch only applies"),
     ],
 )
 def test_convert_errors(argv, message, tiny_dir, tmp_path, capsys):
@@ -231,3 +232,21 @@ def test_convert_errors(argv, message, tiny_dir, tmp_path, capsys):
     argv = [a.format(tiny=tiny_dir, tmp=tmp_path, full=tmp_path / "full") for a in argv]
     assert cli.main(["convert", *argv]) == 1
     assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_convert_an_open_clip_training_checkpoint(tiny_dir, tmp_path, capsys):
+    import open_clip
+
+    folder = tmp_path / "openclip"
+    assert run("convert", str(tiny_dir), "--to", "open_clip", "--out", str(folder)) == 0
+    arch = f"local-dir:{folder}"
+    model = open_clip.create_model(arch)
+    with torch.no_grad():
+        model.visual_projection.weight.mul_(2)  # as if trained further: the file, not the folder, must win
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "epoch_3.pt")
+    assert run("convert", str(tmp_path / "epoch_3.pt"), "--arch", arch, "--to", "baai", "--out", str(tmp_path / "baai")) == 0
+    converted = AltCLIP.from_pretrained(tmp_path / "baai")
+    expected = AltCLIP.from_pretrained(tiny_dir).visual_projection.weight * 2
+    torch.testing.assert_close(converted.visual_projection.weight, expected, atol=0, rtol=0)
+    assert cli.main(["convert", str(tmp_path / "epoch_3.pt"), "--to", "baai", "--out", str(tmp_path / "x")]) == 1
+    assert "needs --arch" in capsys.readouterr().err
