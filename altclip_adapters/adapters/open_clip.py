@@ -101,9 +101,6 @@ class AltCLIPOpenCLIP(AltCLIP):
         if init_logit_scale is not None:
             config.logit_scale_init = float(init_logit_scale)
         super().__init__(config)
-        vit = self.vision.vit  # the core leaves these two uninitialised (timm weight_init="skip"); init as transformers
-        nn.init.normal_(vit.cls_token, std=config.vision.width**-0.5)
-        nn.init.normal_(vit.pos_embed, std=0.02)
         self.logit_bias = nn.Parameter(torch.tensor(float(init_logit_bias))) if init_logit_bias is not None else None
         self.output_dict = output_dict
         self.context_length = text_cfg.get("context_length", DEFAULT_CONTEXT_LENGTH)
