@@ -21,7 +21,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.transforms.v2 import functional as TF
 
 from .core.model import AltCLIP
 from .processor import ImageInput, ImageTransform
@@ -71,15 +70,6 @@ def _collate(batch: list[tuple[int, torch.Tensor | None, str | None]]):
     errors = [(i, error) for i, data, error in batch if data is None]
     pixels = torch.stack([p for _, p in decoded]) if decoded else None
     return [i for i, _ in decoded], pixels, [i for i, _ in raw], [data for _, data in raw], errors
-
-
-def resize_crop(transform: ImageTransform, pixels: torch.Tensor) -> torch.Tensor:
-    """``transform.uint8`` for uint8 pixels [3, H, W] already decoded, on whatever device they are."""
-    mode = TF.InterpolationMode.BICUBIC if transform.resample == 3 else TF.InterpolationMode.BILINEAR
-    pixels = TF.resize(pixels, list(transform.resize_size(*pixels.shape[-2:])), interpolation=mode, antialias=True)
-    height, width = pixels.shape[-2:]
-    ch, cw = transform.crop_size
-    return TF.crop(pixels, int((height - ch) / 2.0), int((width - cw) / 2.0), ch, cw)
 
 
 def default_device() -> torch.device:
@@ -205,7 +195,7 @@ class Embedder:
         positions, pixels, errors = [], [], []
         for index, image in zip(indices, images):
             try:
-                pixels.append(resize_crop(transform, image) if image is not None else transform.uint8(items[index]).to(self.device))
+                pixels.append(transform.resize_crop(image) if image is not None else transform.uint8(items[index]).to(self.device))
                 positions.append(index)
             except (OSError, ValueError) as e:
                 errors.append((index, str(e)))

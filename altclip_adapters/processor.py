@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
-ImageInput = Union[Image.Image, str, Path, np.ndarray, torch.Tensor]
+ImageInput = Image.Image | str | Path | np.ndarray | torch.Tensor
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -107,7 +107,10 @@ class ImageTransform:
 
     def uint8(self, image: ImageInput) -> torch.Tensor:
         """Resized and cropped uint8 pixels [3, H, W] (the part that can run in data-loader workers)."""
-        pixels = torch.from_numpy(np.array(load_image(image))).permute(2, 0, 1).contiguous()
+        return self.resize_crop(torch.from_numpy(np.array(load_image(image))).permute(2, 0, 1).contiguous())
+
+    def resize_crop(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Resize and centre-crop decoded uint8 RGB pixels [3, H, W], on whatever device they are."""
         pixels = TF.resize(pixels, list(self.resize_size(*pixels.shape[-2:])), interpolation=_RESAMPLE[self.resample], antialias=True)
         height, width = pixels.shape[-2:]
         ch, cw = self.crop_size

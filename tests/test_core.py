@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
+from conftest import make_images
 from transformers import AltCLIPModel, AltCLIPProcessor
 
 from altclip_adapters import AltCLIP
-from conftest import make_images
 
 ATOL = 1e-5
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_images
 from transformers import AltCLIPModel, AltCLIPProcessor
 
 from altclip_adapters import AltCLIP
 from altclip_adapters.tiny import make_checkpoint
-from conftest import make_images
 
 
 @pytest.mark.slow

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_images
 from langchain_core.vectorstores import InMemoryVectorStore
 from PIL import Image
 from transformers import AltCLIPModel, AltCLIPProcessor
 
 from altclip_adapters import AltCLIP
 from altclip_adapters.integrations.langchain import AltCLIPEmbeddings
-from conftest import make_images
 
 TEXTS = ["a photo of a cat", "一只狗的照片", "猫の写真", "ein Foto von einem Hund", "une voiture rouge", "x"]
 
@@ -122,7 +122,7 @@ def test_images_through_embed_image(core, embeddings, image_paths):
         assert store.similarity_search_by_vector(query, k=1)[0].page_content == path
     for text, query in zip(TEXTS, core_texts(core, TEXTS)):  # a text finds what the core says is closest
         assert_ranked(store.similarity_search_with_score(text, k=len(names)), names, query, everything)
-        is_image = lambda doc: doc.metadata.get("kind") == "image"  # noqa: E731
+        is_image = lambda doc: doc.metadata.get("kind") == "image"
         images_only = store.similarity_search_with_score(text, k=len(image_paths), filter=is_image)
         assert images_only[0][0].page_content == image_paths[int(np.argmax(image_vectors @ query))]
         assert_ranked(images_only, image_paths, query, image_vectors)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_images
 from llama_index.core import Document, Settings, VectorStoreIndex
 from llama_index.core.indices import MultiModalVectorStoreIndex
 from llama_index.core.schema import ImageDocument
@@ -21,7 +22,6 @@ from pydantic import ValidationError
 
 from altclip_adapters import AltCLIP
 from altclip_adapters.integrations.llama_index import AltCLIPEmbedding
-from conftest import make_images
 
 TEXTS = ["a photo of a cat", "一只狗的照片", "猫の写真", "ein Foto von einem Hund", "une voiture rouge", "x"]
 

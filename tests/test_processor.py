@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import make_images
 from PIL import Image
 from transformers import AltCLIPProcessor as ReferenceProcessor
 from transformers import CLIPImageProcessor
 
 from altclip_adapters import AltCLIPProcessor, ImageTransform
-from conftest import make_images
 
 
 def test_pixels_equal_clip_image_processor_at_224(images):

@@ -9,8 +9,8 @@ matches a layer index, ``{p}`` one name part (``weight``, ``bias``), ``{rest}`` 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
