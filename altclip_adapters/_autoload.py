@@ -1,8 +1,8 @@
 """Register AltCLIP with open_clip in every process, the moment open_clip is imported.
 
-Installed twice: as ``altclip_adapters._autoload`` (``import altclip_adapters`` calls :func:`install`)
-and, by the wheel, as the top-level module ``_altclip_adapters_autoload`` that
-``altclip_adapters_autoload.pth`` runs at interpreter start through :func:`autoload`. It imports only
+``import altclip_adapters`` calls :func:`install`; at interpreter start the wheel's
+``altclip_adapters_autoload.pth`` loads this file through the top-level shim
+``_altclip_adapters_autoload`` (``autoload/`` in the source tree) and calls :func:`autoload`. It imports only
 ``os`` and ``sys``: the interpreter start stays cheap (no torch, no open_clip), and tools that start
 their own processes (``clip_benchmark``, ``open_clip_train``, ``torchrun``) find AltCLIP unchanged.
 Set ``ALTCLIP_ADAPTERS_NO_AUTOLOAD=1`` to switch the interpreter-start part off.
