@@ -17,7 +17,7 @@ def test_import_does_not_import_any_ecosystem():
     assert result.stdout.strip() == "[]"
 
 
-def test_wheel_ships_the_registry_cards(tmp_path):
+def test_wheel_ships_the_cards_and_the_open_clip_hook(tmp_path):
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
         check=True, timeout=300,
@@ -26,3 +26,4 @@ def test_wheel_ships_the_registry_cards(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for card in ("AltCLIP", "AltCLIP-m9", "AltCLIP-m18"):
         assert f"altclip_adapters/cards/{card}.json" in names
+    assert {"altclip_adapters/_autoload.py", "_altclip_adapters_autoload.py", "altclip_adapters_autoload.pth"} <= names
