@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from altclip_adapters.tiny import make_checkpoint
@@ -38,6 +39,18 @@ def make_images(n: int = 4, seed: int = 0) -> list[Image.Image]:
     """Distinct RGB images of assorted sizes (odd ones too)."""
     rng = np.random.RandomState(seed)
     return [Image.fromarray(rng.randint(0, 256, (37 + 11 * i, 45 + 7 * i, 3), dtype=np.uint8)) for i in range(n)]
+
+
+def core_texts(core, texts) -> np.ndarray:
+    """Normalised text embeddings straight from the core (the oracle for adapter rankings)."""
+    with torch.no_grad():
+        return core.encode_text(**core.processor.tokenize(texts), normalize=True).numpy()
+
+
+def core_images(core, images) -> np.ndarray:
+    """Normalised image embeddings straight from the core."""
+    with torch.no_grad():
+        return core.encode_image(core.processor.images(images), normalize=True).numpy()
 
 
 @pytest.fixture

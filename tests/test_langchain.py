@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_images
+from conftest import core_images, core_texts, make_images
 from langchain_core.vectorstores import InMemoryVectorStore
 from PIL import Image
 from transformers import AltCLIPModel, AltCLIPProcessor
@@ -44,14 +44,6 @@ def image_paths(tmp_path_factory):
     return paths
 
 
-def core_texts(core, texts):
-    with torch.no_grad():
-        return core.encode_text(**core.processor.tokenize(texts), normalize=True).numpy()
-
-
-def core_images(core, paths):
-    with torch.no_grad():
-        return core.encode_image(core.processor.images(paths), normalize=True).numpy()
 
 
 def assert_ranked(found, names, query, candidates):

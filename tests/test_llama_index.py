@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from conftest import make_images
+from conftest import core_images, core_texts, make_images
 from llama_index.core import Document, Settings, VectorStoreIndex
 from llama_index.core.indices import MultiModalVectorStoreIndex
 from llama_index.core.schema import ImageDocument
@@ -74,14 +73,6 @@ def multi_modal_documents(image_paths, png_bytes):
 NAMES = [f"image{i}" for i in range(5)]
 
 
-def core_texts(core, texts):
-    with torch.no_grad():
-        return core.encode_text(**core.processor.tokenize(texts), normalize=True).numpy()
-
-
-def core_images(core, pictures):
-    with torch.no_grad():
-        return core.encode_image(core.processor.images(pictures), normalize=True).numpy()
 
 
 def assert_ranked(found, names, query, candidates):
