@@ -146,6 +146,23 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_dir, texts, images
         torch.testing.assert_close(grads[0][key], grads[1][key], atol=1e-6, rtol=1e-5, msg=key)
 
 
+def test_encode_image_last_block_on_the_class_token_gives_the_same_gradients(tiny_dir, images):
+    """encode_image runs the last vision block on the class token only; values and gradients equal the full pass."""
+    model = AltCLIP.from_pretrained(tiny_dir).train()
+    pixels = model.processor(images=images)["pixel_values"]
+    results = []
+    for encode in (model.encode_image, lambda x: model.visual_projection(model.vision(x)[0])):
+        model.zero_grad()
+        features = encode(pixels)
+        features.pow(2).sum().backward()
+        results.append((features.detach(), {k: p.grad.clone() for k, p in model.vision.named_parameters()}))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=ATOL, rtol=0)
+    assert len(results[0][1]) > 10
+    for key, grad in results[0][1].items():
+        expected = results[1][1][key]  # float32 rounding, relative to each gradient's scale
+        torch.testing.assert_close(grad, expected, atol=1e-5 * expected.abs().max().item(), rtol=0, msg=key)
+
+
 def test_encode_normalize_and_shapes(tiny_dir, texts, images):
     model = AltCLIP.from_pretrained(tiny_dir)
     batch = model.processor(text=texts, images=images)

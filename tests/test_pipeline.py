@@ -9,7 +9,7 @@ from conftest import make_images
 from transformers import AltCLIPModel, AltCLIPProcessor, CLIPImageProcessor
 
 from altclip_adapters import AltCLIP
-from altclip_adapters.pipeline import Embedder, find_images
+from altclip_adapters.pipeline import Embedder, find_images, fuse_quick_gelu
 
 ATOL = 1e-5
 TEXTS = ["a photo of a cat", "一只狗的照片", "猫の写真", "ein Foto von einem Hund", "x", "une photo d'un chat rouge sur une table"]
@@ -67,6 +67,20 @@ def test_images_match_transformers_from_files_and_pil(embedder, reference, tiny_
     torch.testing.assert_close(embedder.images(image_files), expected, atol=ATOL, rtol=0)
     pil = [Image.open(p) for p in image_files]
     torch.testing.assert_close(embedder.images(pil), expected, atol=ATOL, rtol=0)
+
+
+def test_quick_gelu_is_fused_into_silu_with_the_same_embeddings(tiny_dir, m18_dir, embedder, images):
+    model = AltCLIP.from_pretrained(tiny_dir)
+    pixels = model.processor(images=images)["pixel_values"]
+    with torch.no_grad():
+        expected = model.encode_image(pixels)
+        got = fuse_quick_gelu(model).encode_image(pixels)
+    assert all(isinstance(block.mlp.act, torch.nn.SiLU) for block in embedder.model.vision.vit.blocks)
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
+    gelu = AltCLIP.from_pretrained(m18_dir)  # m18's vision tower uses GELU: nothing to fuse
+    before = {k: v.clone() for k, v in gelu.state_dict().items()}
+    fuse_quick_gelu(gelu)
+    assert all(torch.equal(v, before[k]) for k, v in gelu.state_dict().items())
 
 
 def test_worker_processes_give_the_same_embeddings(tiny_dir, embedder, image_files):

@@ -105,7 +105,7 @@ class AltCLIP(nn.Module):
         self, pixel_values: torch.Tensor, *, normalize: bool = False, interpolate_pos_encoding: bool = False
     ) -> torch.Tensor:
         """Image embeddings [B, projection_dim]."""
-        pooled, _, _ = self.vision(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        pooled = self.vision.pool(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         features = self.visual_projection(pooled)
         return F.normalize(features, dim=-1) if normalize else features
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-from timm.models.vision_transformer import VisionTransformer
+import torch.nn.functional as F
+from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -59,17 +60,8 @@ class VisionTower(nn.Module):
         patch_pos = nn.functional.interpolate(patch_pos, size=(new_h, new_w), mode="bicubic", align_corners=False)
         return torch.cat([pos[:, :1], patch_pos.permute(0, 2, 3, 1).reshape(1, new_h * new_w, -1)], dim=1)
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        *,
-        interpolate_pos_encoding: bool = False,
-        output_hidden_states: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        """Returns (pooled [B, width] after post-LN, last hidden state [B, T, width], hidden states or None).
-
-        Hidden states follow transformers: the input to the first block, then each block's output.
-        """
+    def embed(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool) -> torch.Tensor:
+        """The first block's input [B, 1 + patches, width]: patches, class token, position embedding, pre-LN."""
         if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.channels:
             raise ValueError(
                 f"pixel_values must have shape [batch, {self.config.channels}, height, width]; got {tuple(pixel_values.shape)}"
@@ -84,13 +76,50 @@ class VisionTower(nn.Module):
         vit = self.vit
         x = vit.patch_embed.proj(pixel_values.to(vit.patch_embed.proj.weight.dtype)).flatten(2).transpose(1, 2)
         x = torch.cat([vit.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        x = vit.norm_pre(x + self.position_embedding(height, width))
+        return vit.norm_pre(x + self.position_embedding(height, width))
+
+    def run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and self.training:
+            return checkpoint(block, x, use_reentrant=False)
+        return block(x)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        *,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """Returns (pooled [B, width] after post-LN, last hidden state [B, T, width], hidden states or None).
+
+        Hidden states follow transformers: the input to the first block, then each block's output.
+        """
+        x = self.embed(pixel_values, interpolate_pos_encoding)
         states = [x] if output_hidden_states else None
-        for block in vit.blocks:
-            if self.grad_checkpointing and self.training:
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+        for block in self.vit.blocks:
+            x = self.run_block(block, x)
             if states is not None:
                 states.append(x)
-        return vit.norm(x[:, 0]), x, tuple(states) if states is not None else None
+        return self.vit.norm(x[:, 0]), x, tuple(states) if states is not None else None
+
+    def pool(self, pixel_values: torch.Tensor, *, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        """The pooled output of :meth:`forward` alone [B, width]; the last block computes the class token only."""
+        x = self.embed(pixel_values, interpolate_pos_encoding)
+        *blocks, last = self.vit.blocks
+        for block in blocks:
+            x = self.run_block(block, x)
+        return self.vit.norm(self.run_block(partial(class_token_block, last), x)[:, 0])
+
+
+def class_token_block(block: Block, x: torch.Tensor) -> torch.Tensor:
+    """``block(x)[:, :1]`` for the blocks this tower builds (no dropout, layer scale, qk-norm or
+    gate): the class token's query attends to every token's key and value; the attention output,
+    residuals and MLP run on the class token alone."""
+    attn = block.attn
+    batch, tokens, _ = x.shape
+    qkv = attn.qkv(block.norm1(x)).view(batch, tokens, 3, attn.num_heads, -1)
+    q = qkv[:, :1, 0].transpose(1, 2)
+    k, v = qkv[:, :, 1:].permute(2, 0, 3, 1, 4).unbind(0)
+    out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, 1, attn.attn_dim)
+    x = x[:, :1] + attn.proj(out)
+    return x + block.mlp(block.norm2(x))
