@@ -77,6 +77,8 @@ def test_quick_gelu_is_fused_into_silu_with_the_same_embeddings(tiny_dir, m18_di
         got = fuse_quick_gelu(model).encode_image(pixels)
     assert all(isinstance(block.mlp.act, torch.nn.SiLU) for block in embedder.model.vision.vit.blocks)
     torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
+    with torch.no_grad():  # a second fusion changes nothing
+        torch.testing.assert_close(fuse_quick_gelu(model).encode_image(pixels), got, atol=0, rtol=0)
     gelu = AltCLIP.from_pretrained(m18_dir)  # m18's vision tower uses GELU: nothing to fuse
     before = {k: v.clone() for k, v in gelu.state_dict().items()}
     fuse_quick_gelu(gelu)

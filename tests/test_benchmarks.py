@@ -1,0 +1,31 @@
+"""benchmarks/bench.py runs unattended (no timing is asserted): every part, every line, fidelity printed.
+
+It runs on a tiny checkpoint here; the GPU mode shares every code path except the device branches.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+
+
+def test_cpu_benchmark_prints_every_line_with_its_fidelity(tiny_dir, tmp_path):
+    command = [sys.executable, str(BENCH), "--device", "cpu", "--checkpoint", str(tiny_dir), "--workdir", str(tmp_path),
+               "--dtype", "fp32", "bf16", "--compile"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    for line in ("from_pretrained + read all weights", "peak memory growth", "image tower fp32, batch 2",
+                 "text tower fp32, 6-40 tok", "image tower int8", "text tower int8", "image tower fp32 compiled ",
+                 "image tower fp32 compiled vs ref eager", "image tower bf16", "text tower bf16", "JPEGs -> embeddings"):
+        assert line in out, f"missing line {line!r} in:\n{out}"
+    cosines = {name.strip(): float(cos) for name, cos in re.findall(r"^  (.+?) ref .* cos(?: to ref \w+)? ([\d.]+)", out, re.M)}
+    assert len(cosines) == 9, cosines
+    for name, cos in cosines.items():
+        floor = 0.999 if "int8" in name else 0.99 if "bf16" in name else 0.99999
+        assert cos >= floor, (name, cos)
+    assert "FAILED" not in out and re.search(r"^total \d+ s$", out, re.M)
