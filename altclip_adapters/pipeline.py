@@ -3,10 +3,11 @@
 Texts are batched by length (each batch padded only to its own longest text). Images are decoded,
 resized and cropped to uint8 in DataLoader workers, copied through pinned memory, and normalised
 on the device; ``decode_on_device=True`` decodes JPEG files with torchvision on the device instead
-(nvJPEG on a GPU). On a GPU the model runs in bf16 by default; ``compile=True`` (or a
-``torch.compile`` mode such as ``"reduce-overhead"``, which records CUDA graphs) compiles the
-towers, image batches keeping one fixed shape; on a CPU ``int8=True`` swaps every Linear layer for
-a dynamically quantised int8 one.
+(nvJPEG on a GPU). The vision MLPs' quick_gelu is folded into a single SiLU (the core's
+``encode_image`` already runs the last block on the class token only). On a GPU the model runs in
+bf16 by default; ``compile=True`` (or a ``torch.compile`` mode such as ``"reduce-overhead"``,
+which records CUDA graphs) compiles the towers, image batches keeping one fixed shape; on a CPU
+``int8=True`` swaps every Linear layer for a dynamically quantised int8 one.
 """
 
 from __future__ import annotations

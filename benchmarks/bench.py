@@ -36,7 +36,7 @@ from altclip_adapters.tiny import make_checkpoint
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PRESETS = {  # work per mode: image batch, timed calls per round, alternating rounds, texts, text batch, JPEGs, rounds
-    "cpu": {"image_batch": 2, "image_reps": 1, "rounds": 2, "texts": 48, "text_batch": 8, "jpegs": 4, "ref_jpegs": 4, "e2e_rounds": 2},
+    "cpu": {"image_batch": 2, "image_reps": 1, "rounds": 4, "texts": 48, "text_batch": 8, "jpegs": 4, "ref_jpegs": 4, "e2e_rounds": 2},
     "cuda": {"image_batch": 256, "image_reps": 8, "rounds": 3, "texts": 4096, "text_batch": 256, "jpegs": 8192, "ref_jpegs": 1024,
              "e2e_rounds": 1},
 }
