@@ -32,6 +32,7 @@ def assert_parity(folder, texts, images, **forward_kwargs):
             batch["input_ids"], batch["pixel_values"], batch["attention_mask"],
             return_loss=True, output_hidden_states=True, **forward_kwargs,
         )
+        plain = ours(batch["input_ids"], batch["pixel_values"], batch["attention_mask"], return_loss=True, **forward_kwargs)
         text_features = ours.encode_text(batch["input_ids"], batch["attention_mask"])
         image_features = ours.encode_image(batch["pixel_values"], **forward_kwargs)
         ref_text = ref.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).pooler_output
@@ -43,6 +44,9 @@ def assert_parity(folder, texts, images, **forward_kwargs):
     torch.testing.assert_close(got.logits_per_image, expected.logits_per_image, atol=ATOL * 100, rtol=0)  # logit scale ~14
     torch.testing.assert_close(got.logits_per_text, expected.logits_per_text, atol=ATOL * 100, rtol=0)
     torch.testing.assert_close(got.loss, expected.loss, atol=ATOL, rtol=0)
+    torch.testing.assert_close(plain.loss, expected.loss, atol=ATOL, rtol=0)  # the class-token path, no hidden states
+    torch.testing.assert_close(plain.logits_per_image, expected.logits_per_image, atol=ATOL * 100, rtol=0)
+    assert plain.vision_hidden_states is None and plain.text_hidden_states is None
     for ours_states, ref_states in (
         (got.text_hidden_states, expected.text_model_output.hidden_states),
         (got.vision_hidden_states, expected.vision_model_output.hidden_states),

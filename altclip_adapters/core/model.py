@@ -122,9 +122,12 @@ class AltCLIP(nn.Module):
         """Both logit matrices (scaled cosine similarities), normalised embeddings and, on request,
         the contrastive loss (needs as many texts as images) and both towers' hidden states."""
         text_pooled, _, text_states = self.text(input_ids, attention_mask, output_hidden_states=output_hidden_states)
-        image_pooled, _, image_states = self.vision(
-            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, output_hidden_states=output_hidden_states
-        )
+        if output_hidden_states:
+            image_pooled, _, image_states = self.vision(
+                pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, output_hidden_states=True
+            )
+        else:
+            image_pooled, image_states = self.vision.pool(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding), None
         text_embeds = F.normalize(self.text_projection(text_pooled), dim=-1)
         image_embeds = F.normalize(self.visual_projection(image_pooled), dim=-1)
         logits_per_text = text_embeds @ image_embeds.t() * self.logit_scale.exp()
