@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -39,6 +43,16 @@ def make_images(n: int = 4, seed: int = 0) -> list[Image.Image]:
     """Distinct RGB images of assorted sizes (odd ones too)."""
     rng = np.random.RandomState(seed)
     return [Image.fromarray(rng.randint(0, 256, (37 + 11 * i, 45 + 7 * i, 3), dtype=np.uint8)) for i in range(n)]
+
+
+def run_example(name: str, model_dir, monkeypatch) -> None:
+    """Run ``examples/<name>.py``'s ``main()`` in this process with ``--model model_dir``."""
+    path = Path(__file__).parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    monkeypatch.setattr(sys, "argv", [str(path), "--model", str(model_dir)])
+    example.main()
 
 
 def core_texts(core, texts) -> np.ndarray:

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import importlib.util
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import core_images, core_texts, make_images
+from conftest import core_images, core_texts, make_images, run_example
 from langchain_core.vectorstores import InMemoryVectorStore
 from PIL import Image
 from transformers import AltCLIPModel, AltCLIPProcessor
@@ -212,9 +210,5 @@ def test_integrations_package_imports_no_framework():
 
 
 def test_example_runs(tiny_dir, monkeypatch, capsys):
-    path = Path(__file__).parents[1] / "examples" / "langchain_retrieval.py"
-    example = importlib.util.module_from_spec(importlib.util.spec_from_file_location("langchain_retrieval", path))
-    example.__spec__.loader.exec_module(example)
-    monkeypatch.setattr(sys, "argv", [str(path), "--model", str(tiny_dir)])
-    example.main()
+    run_example("langchain_retrieval", tiny_dir, monkeypatch)
     assert re.search(r"'red_circle.png'\s+-> red_circle.png", capsys.readouterr().out)

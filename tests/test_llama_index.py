@@ -5,15 +5,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import importlib
-import importlib.util
 import io
 import re
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import core_images, core_texts, make_images
+from conftest import core_images, core_texts, make_images, run_example
 from llama_index.core import Document, Settings, VectorStoreIndex
 from llama_index.core.indices import MultiModalVectorStoreIndex
 from llama_index.core.schema import ImageDocument
@@ -218,9 +216,5 @@ def test_missing_extra_names_it(monkeypatch):
 
 
 def test_example_runs(tiny_dir, monkeypatch, capsys):
-    path = Path(__file__).parents[1] / "examples" / "llama_index_retrieval.py"
-    example = importlib.util.module_from_spec(importlib.util.spec_from_file_location("llama_index_retrieval", path))
-    example.__spec__.loader.exec_module(example)
-    monkeypatch.setattr(sys, "argv", [str(path), "--model", str(tiny_dir)])
-    example.main()
+    run_example("llama_index_retrieval", tiny_dir, monkeypatch)
     assert re.search(r"'red_circle.png'\s+-> red_circle.png", capsys.readouterr().out)

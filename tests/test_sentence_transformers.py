@@ -4,7 +4,6 @@ and sentence-transformers' own Transformer module (fp32, atol 1e-5)."""
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import json
 import os
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_images
+from conftest import make_images, run_example
 from datasets import Dataset, DatasetDict
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.base.modules import Normalize
@@ -317,13 +316,8 @@ def test_module_needs_an_altclip_model(model):
 
 
 def test_example_runs(tiny_dir, tmp_path, monkeypatch, capsys):
-    path = Path(__file__).parents[1] / "examples" / "sentence_transformers_search.py"
-    spec = importlib.util.spec_from_file_location("sentence_transformers_search", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    monkeypatch.setattr(sys, "argv", [str(path), "--model", str(tiny_dir)])
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    example.main()
+    run_example("sentence_transformers_search", tiny_dir, monkeypatch)
     out = capsys.readouterr().out
     assert "'un triangle vert'" in out
     assert "the plain folder gives the same embeddings: True" in out
