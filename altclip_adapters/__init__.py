@@ -1,25 +1,38 @@
 """AltCLIP (multilingual CLIP) for open_clip, sentence-transformers, LangChain and LlamaIndex.
 
-Importing this package loads only the core; each ecosystem adapter imports its ecosystem when used.
+Importing this package is cheap: the core (torch, transformers, timm) is imported on first use of one
+of the names below (PEP 562), and each ecosystem adapter imports its ecosystem when used.
 """
 
-from . import _autoload
-from .config import AltCLIPConfig, TextConfig, VisionConfig
-from .core import AltCLIP, AltCLIPOutput
-from .processor import AltCLIPProcessor, ImageTransform, load_image
+from importlib import import_module
 
-__all__ = [
-    "AltCLIP",
-    "AltCLIPConfig",
-    "AltCLIPOutput",
-    "AltCLIPProcessor",
-    "ImageTransform",
-    "TextConfig",
-    "VisionConfig",
-    "load_image",
-    "register",
-]
+from . import _autoload
+
 __version__ = "0.1.0"
+
+_EXPORTS = {  # public name -> the submodule defining it
+    "AltCLIP": ".core",
+    "AltCLIPOutput": ".core",
+    "AltCLIPConfig": ".config",
+    "TextConfig": ".config",
+    "VisionConfig": ".config",
+    "AltCLIPProcessor": ".processor",
+    "ImageTransform": ".processor",
+    "load_image": ".processor",
+}
+__all__ = [*_EXPORTS, "register"]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
 
 
 def register() -> None:

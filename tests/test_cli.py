@@ -95,9 +95,9 @@ def test_unreadable_images_are_reported_and_skipped(tiny_dir, folder, expected, 
 
 def test_an_interrupted_embed_resumes(tiny_dir, folder, expected, tmp_path, monkeypatch, capsys):
     out = tmp_path / "index.parquet"
-    monkeypatch.setattr(cli, "FLUSH_ITEMS", 2)
+    monkeypatch.setattr(cli.embed, "FLUSH_ITEMS", 2)
     saves = []
-    real_save = cli.PartialRun.save
+    real_save = cli.embed.PartialRun.save
 
     def save_then_stop(self, positions, embeddings):
         real_save(self, positions, embeddings)
@@ -105,7 +105,7 @@ def test_an_interrupted_embed_resumes(tiny_dir, folder, expected, tmp_path, monk
         if len(saves) == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli.PartialRun, "save", save_then_stop)
+    monkeypatch.setattr(cli.embed.PartialRun, "save", save_then_stop)
     argv = ("embed", str(folder), "--model", str(tiny_dir), "--out", str(out), "--quiet", "--batch-size", "2")
     with pytest.raises(KeyboardInterrupt):
         run(*argv)
