@@ -55,7 +55,8 @@ class TextConfig:
 
 @dataclass
 class VisionConfig:
-    """CLIP ViT (defaults: ViT-L/14 at 224, as in BAAI/AltCLIP)."""
+    """CLIP ViT (defaults: ViT-L/14 at 224, as in BAAI/AltCLIP; these fill registry cards, while a
+    ``config.json`` takes transformers' defaults, see :meth:`AltCLIPConfig.from_hf`)."""
 
     image_size: int = 224
     patch_size: int = 14
@@ -92,17 +93,31 @@ class AltCLIPConfig:
 
     @classmethod
     def from_hf(cls, data: dict[str, Any]) -> AltCLIPConfig:
-        """Build from a transformers AltCLIP ``config.json`` dict; raises ValueError if it is not one."""
+        """Build from a transformers AltCLIP ``config.json`` dict, read as ``transformers.AltCLIPConfig`` reads it.
+
+        A key the file omits takes the default of transformers' ``AltCLIPTextConfig`` / ``AltCLIPVisionConfig`` /
+        ``AltCLIPConfig`` (transformers 4 wrote sub-configs as differences from those defaults; the vision
+        defaults are a ViT-B/32, not BAAI/AltCLIP's ViT-L/14), and the legacy ``text_config_dict`` /
+        ``vision_config_dict`` keys override as they do there. Raises ValueError if it is not an AltCLIP config
+        or transformers rejects it.
+        """
+        from huggingface_hub.errors import StrictDataclassError
+        from transformers import AltCLIPConfig as HFAltCLIPConfig
+
         if data.get("model_type") != "altclip":
             raise ValueError(
                 f"config.json has model_type={data.get('model_type')!r}; expected 'altclip' (an AltCLIPModel checkpoint)"
             )
-        text, vision = data.get("text_config") or {}, data.get("vision_config") or {}
+        try:
+            hf = HFAltCLIPConfig.from_dict(data)
+        except (StrictDataclassError, TypeError, ValueError) as e:
+            raise ValueError(f"config.json is not a valid transformers AltCLIP config: {e}") from e
+        text, vision = hf.text_config, hf.vision_config
         return cls(
-            text=TextConfig(**{ours: text[hf] for ours, hf in _TEXT_HF_KEYS.items() if hf in text}),
-            vision=VisionConfig(**{ours: vision[hf] for ours, hf in _VISION_HF_KEYS.items() if hf in vision}),
-            projection_dim=data.get("projection_dim", 768),
-            logit_scale_init=data.get("logit_scale_init_value", 2.6592),
+            text=TextConfig(**{ours: getattr(text, key) for ours, key in _TEXT_HF_KEYS.items()}),
+            vision=VisionConfig(**{ours: getattr(vision, key) for ours, key in _VISION_HF_KEYS.items()}),
+            projection_dim=hf.projection_dim,
+            logit_scale_init=hf.logit_scale_init_value,
         )
 
     def to_hf(self) -> dict[str, Any]:

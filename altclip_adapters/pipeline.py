@@ -24,9 +24,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from .core.model import AltCLIP
-from .processor import ImageInput, ImageTransform
+from .images import DEFAULT_MAX_IMAGE_PIXELS, check_max_image_pixels, jpeg_orientation, orient
+from .inputs import find_images  # noqa: F401  (public here too: README imports it from this module)
+from .processor import ImageInput, ImageTransform, as_list
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 JPEG_SUFFIXES = {".jpg", ".jpeg"}
 
 
@@ -41,36 +42,48 @@ class ImageBatch:
 
 
 class _ImageItems(Dataset):
-    """Resized and cropped uint8 pixels of each item, or the reason it cannot be read; with
-    ``raw_jpegs``, the undecoded bytes of each JPEG file instead (decoded later on the device)."""
+    """Resized and cropped uint8 pixels of each item, or the reason it cannot be read (any exception: one
+    unreadable image must not stop a bulk run); with ``raw_jpegs``, the undecoded bytes and EXIF orientation
+    of each plain JPEG file instead (decoded later on the device; CMYK JPEGs and other files go through
+    ``load_image``)."""
 
-    def __init__(self, items: Sequence[ImageInput], transform: ImageTransform, raw_jpegs: bool = False):
+    def __init__(
+        self,
+        items: Sequence[ImageInput],
+        transform: ImageTransform,
+        raw_jpegs: bool = False,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    ):
         self.items = items
         self.transform = transform
         self.raw_jpegs = raw_jpegs
+        self.max_image_pixels = max_image_pixels
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, int, str | None]:
+        """(position, pixels [3, H, W] or JPEG bytes [N], EXIF orientation of those bytes, error)."""
         item = self.items[index]
         try:
-            if self.raw_jpegs and isinstance(item, (str, Path)) and Path(item).suffix.lower() in JPEG_SUFFIXES:
+            if self.raw_jpegs and isinstance(item, (str, os.PathLike)) and Path(item).suffix.lower() in JPEG_SUFFIXES:
                 data = Path(item).read_bytes()
-                if data:
-                    return index, torch.frombuffer(bytearray(data), dtype=torch.uint8), None
-            return index, self.transform.uint8(item), None
-        except (OSError, ValueError, TypeError) as e:
-            return index, None, str(e)
+                orientation = jpeg_orientation(data, max_image_pixels=self.max_image_pixels)
+                if orientation is not None:
+                    return index, torch.frombuffer(bytearray(data), dtype=torch.uint8), orientation, None
+            return index, self.transform.uint8(item, max_image_pixels=self.max_image_pixels), 1, None
+        except Exception as e:  # noqa: BLE001 (reported as this item's error)
+            return index, None, 1, str(e)
 
 
-def _collate(batch: list[tuple[int, torch.Tensor | None, str | None]]):
-    """(positions and stacked pixels of the decoded items, positions and bytes of the raw JPEGs, errors)."""
-    decoded = [(i, data) for i, data, _ in batch if data is not None and data.ndim == 3]
-    raw = [(i, data) for i, data, _ in batch if data is not None and data.ndim == 1]
-    errors = [(i, error) for i, data, error in batch if data is None]
+def _collate(batch: list[tuple[int, torch.Tensor | None, int, str | None]]):
+    """(positions and stacked pixels of the decoded items, positions and (bytes, EXIF orientation) of the raw
+    JPEGs, errors)."""
+    decoded = [(i, data) for i, data, _, _ in batch if data is not None and data.ndim == 3]
+    raw = [(i, (data, orientation)) for i, data, orientation, _ in batch if data is not None and data.ndim == 1]
+    errors = [(i, error) for i, data, _, error in batch if data is None]
     pixels = torch.stack([p for _, p in decoded]) if decoded else None
-    return [i for i, _ in decoded], pixels, [i for i, _ in raw], [data for _, data in raw], errors
+    return [i for i, _ in decoded], pixels, [i for i, _ in raw], [jpeg for _, jpeg in raw], errors
 
 
 def default_device() -> torch.device:
@@ -116,7 +129,9 @@ def quantize_int8(model: AltCLIP) -> AltCLIP:
 
 class Embedder:
     """An AltCLIP model prepared (in place: activations fused, cast or quantised) for bulk
-    embedding; returns float32 CPU tensors, L2-normalised by default."""
+    embedding; returns float32 CPU tensors, L2-normalised by default. Images are read by
+    :func:`altclip_adapters.images.load_image`'s rules; an encoded image over ``max_image_pixels``
+    (None: no limit) is unreadable."""
 
     def __init__(
         self,
@@ -130,6 +145,7 @@ class Embedder:
         batch_size: int = 256,
         num_workers: int | None = None,
         normalize: bool = True,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ):
         if model.processor is None:
             raise ValueError("the model has no processor attached: load it with AltCLIP.from_pretrained")
@@ -151,6 +167,7 @@ class Embedder:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         self.num_workers = num_workers if num_workers is not None else (min(16, cpus) if self.device.type == "cuda" else 0)
         self.normalize = normalize
+        self.max_image_pixels = check_max_image_pixels(max_image_pixels)
         mode = compile if isinstance(compile, str) else None
         self._encode_text = torch.compile(model.encode_text, dynamic=True, mode=mode) if compile else model.encode_text
         self._encode_image = torch.compile(model.encode_image, mode=mode) if compile else model.encode_image
@@ -162,14 +179,15 @@ class Embedder:
 
     # texts -------------------------------------------------------------------------------------
     def iter_texts(self, texts: Sequence[str], *, context_length: int | None = None) -> Iterator[tuple[list[int], torch.Tensor]]:
-        """(positions, embeddings) per batch, longest texts first; each batch is padded to its own longest text."""
-        if isinstance(texts, str) or not isinstance(texts, Sequence) or len(texts) == 0:
-            raise ValueError("no texts given: pass a non-empty list of strings")
+        """(positions, embeddings) per batch, longest texts first; each batch is padded to its own longest text.
+        An empty list yields nothing; TypeError (raised at once) for anything but a list of strings."""
+        texts = as_list(texts, "texts")
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"text {i} is a {type(text).__name__}, not a string")
         length = context_length or self.processor.context_length
-        yield from self.iter_tokens(self.processor.tokenizer(list(texts), truncation=True, max_length=length)["input_ids"])
+        ids = self.processor.tokenizer(texts, truncation=True, max_length=length)["input_ids"] if texts else []
+        return self.iter_tokens(ids)
 
     def iter_tokens(self, ids: Sequence[Sequence[int]]) -> Iterator[tuple[list[int], torch.Tensor]]:
         """:meth:`iter_texts` for texts already tokenized (one list of token ids per text, no padding)."""
@@ -185,7 +203,8 @@ class Embedder:
             yield positions, features.float().cpu()
 
     def texts(self, texts: Sequence[str], *, context_length: int | None = None) -> torch.Tensor:
-        """Embeddings [N, projection_dim] of ``texts``, in input order."""
+        """Embeddings [N, projection_dim] float32 of ``texts``, in input order ([0, projection_dim] for none)."""
+        texts = as_list(texts, "texts")
         out = torch.empty(len(texts), self.model.config.projection_dim)
         for positions, features in self.iter_texts(texts, context_length=context_length):
             out[positions] = features
@@ -203,10 +222,12 @@ class Embedder:
             features = self._encode_image(values, normalize=self.normalize)
         return features[:count].float().cpu()
 
-    def _decode_jpegs(self, items: Sequence[ImageInput], indices: list[int], data: list[torch.Tensor]):
-        """(positions, resized and cropped uint8 pixels on the device, errors) of raw JPEG files;
-        a file the device's decoder rejects goes through the CPU path instead."""
+    def _decode_jpegs(self, items: Sequence[ImageInput], indices: list[int], jpegs: list[tuple[torch.Tensor, int]]):
+        """(positions, resized and cropped uint8 pixels on the device, errors) of raw JPEG files given as
+        (bytes, EXIF orientation), turned upright (nvJPEG ignores the tag, so it is applied here on every
+        device); a file the device's decoder rejects goes through the CPU loader instead."""
         transform = self.processor.image_transform
+        data = [one for one, _ in jpegs]
         try:
             images = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
         except RuntimeError:  # a batch fails as a whole: find the culprits one by one
@@ -217,20 +238,25 @@ class Embedder:
                 except RuntimeError:
                     images.append(None)
         positions, pixels, errors = [], [], []
-        for index, image in zip(indices, images):
+        for index, image, (_, orientation) in zip(indices, images, jpegs):
             try:
-                pixels.append(transform.resize_crop(image) if image is not None else transform.uint8(items[index]).to(self.device))
+                if image is None:
+                    pixels.append(transform.uint8(items[index], max_image_pixels=self.max_image_pixels).to(self.device))
+                else:
+                    pixels.append(transform.resize_crop(orient(image, orientation)))
                 positions.append(index)
-            except (OSError, ValueError) as e:
+            except Exception as e:  # noqa: BLE001 (reported as this item's error)
                 errors.append((index, str(e)))
         return positions, pixels, errors
 
     def iter_images(self, images: Sequence[ImageInput]) -> Iterator[ImageBatch]:
-        """One :class:`ImageBatch` per batch, in input order; unreadable images are reported, not raised."""
-        if isinstance(images, (str, Path)) or not isinstance(images, Sequence) or len(images) == 0:
-            raise ValueError("no images given: pass a non-empty list of images or image paths")
+        """One :class:`ImageBatch` per batch, in input order; unreadable images are reported, not raised.
+        An empty list yields nothing; TypeError for anything but a list."""
+        images = as_list(images, "images")
+        if not images:
+            return
         loader = DataLoader(
-            _ImageItems(images, self.processor.image_transform, raw_jpegs=self.decode_on_device),
+            _ImageItems(images, self.processor.image_transform, self.decode_on_device, self.max_image_pixels),
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             collate_fn=_collate,
@@ -251,27 +277,12 @@ class Embedder:
             yield ImageBatch([indices[i] for i in order], self._encode_pixels(pixels)[order], errors)
 
     def images(self, images: Sequence[ImageInput]) -> torch.Tensor:
-        """Embeddings [N, projection_dim] of ``images``, in input order; raises ValueError naming
-        the first unreadable image."""
-        out = torch.empty(len(images) if isinstance(images, Sequence) else 0, self.model.config.projection_dim)
+        """Embeddings [N, projection_dim] float32 of ``images``, in input order ([0, projection_dim] for none);
+        raises ValueError naming the first unreadable image."""
+        images = as_list(images, "images")
+        out = torch.empty(len(images), self.model.config.projection_dim)
         for batch in self.iter_images(images):
             if batch.errors:
                 raise ValueError(batch.errors[0][1])
             out[batch.indices] = batch.embeddings
         return out
-
-
-def find_images(paths: Sequence[str | Path]) -> list[Path]:
-    """Image files among ``paths``, folders searched recursively (sorted); raises FileNotFoundError
-    for a path that does not exist and ValueError when no image is found."""
-    found: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise FileNotFoundError(f"no such file or folder: {path}")
-    if not found:
-        raise ValueError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {', '.join(map(str, paths))}")
-    return found

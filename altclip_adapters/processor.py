@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,45 +11,26 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-ImageInput = Image.Image | str | Path | np.ndarray | torch.Tensor
+from .images import DEFAULT_MAX_IMAGE_PIXELS, ImageInput, UnreadableImageError, is_one_image, load_image
+
+__all__ = [
+    "DEFAULT_CONTEXT_LENGTH",
+    "DEFAULT_MAX_IMAGE_PIXELS",
+    "AltCLIPProcessor",
+    "ImageInput",
+    "ImageTransform",
+    "UnreadableImageError",
+    "load_image",
+]
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _RESAMPLE = {2: TF.InterpolationMode.BILINEAR, 3: TF.InterpolationMode.BICUBIC}  # PIL codes in preprocessor configs
 DEFAULT_CONTEXT_LENGTH = 77  # what the AltCLIP authors trained with
-
-
-def load_image(image: ImageInput) -> Image.Image:
-    """An RGB PIL image from a PIL image, a file path, or a uint8 array/tensor (HWC, CHW or HW).
-
-    Transparency is composited onto white, as transformers does.
-    """
-    if isinstance(image, (str, Path)):
-        try:
-            with Image.open(image) as opened:
-                opened.load()
-                image = opened.copy() if opened.mode != "P" else opened.convert("RGBA")
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"image file not found: {image}") from e
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"cannot read {image} as an image: {e}") from e
-    elif isinstance(image, (np.ndarray, torch.Tensor)):
-        array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else image
-        if array.dtype != np.uint8:
-            raise TypeError(f"image arrays must hold uint8 pixels (0-255); got dtype {array.dtype}")
-        if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
-            array = array.transpose(1, 2, 0)  # CHW -> HWC
-        if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 3, 4))):
-            raise ValueError(f"image arrays must be HxW, HxWxC or CxHxW with 1, 3 or 4 channels; got shape {array.shape}")
-        image = Image.fromarray(array.squeeze(-1) if array.ndim == 3 and array.shape[-1] == 1 else array)
-    elif not isinstance(image, Image.Image):
-        raise TypeError(f"expected an image (PIL image, file path, numpy array or tensor); got {type(image).__name__}")
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
-        image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image.convert("RGBA"))
-    return image.convert("RGB")
+MAX_RESIZE_RATIO = 32  # past this many crops' worth of resized pixels, only the crop's region is computed
 
 
 @dataclass
@@ -105,25 +87,64 @@ class ImageTransform:
             return height, width
         return (int(s * height / width), s) if width < height else (s, int(s * width / height))
 
-    def uint8(self, image: ImageInput) -> torch.Tensor:
-        """Resized and cropped uint8 pixels [3, H, W] (the part that can run in data-loader workers)."""
-        return self.resize_crop(torch.from_numpy(np.array(load_image(image))).permute(2, 0, 1).contiguous())
+    def uint8(self, image: ImageInput, *, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> torch.Tensor:
+        """Resized and cropped uint8 pixels [3, H, W] of any input :func:`load_image` takes (the part that can
+        run in data-loader workers); raises as ``load_image`` does."""
+        image = load_image(image, max_image_pixels=max_image_pixels)
+        return self.resize_crop(torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous())
 
     def resize_crop(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Resize and centre-crop decoded uint8 RGB pixels [3, H, W], on whatever device they are."""
-        pixels = TF.resize(pixels, list(self.resize_size(*pixels.shape[-2:])), interpolation=_RESAMPLE[self.resample], antialias=True)
+        """Resize and centre-crop decoded uint8 RGB pixels [3, H, W], on whatever device they are.
+
+        ``CLIPImageProcessor``'s torchvision arithmetic, bit for bit, while the resized image is at most
+        ``MAX_RESIZE_RATIO`` times the crop's area (aspect ratios up to 32:1 for a square crop). Past that
+        (a 2 x 20,000 strip would become 224 x 2,240,000, 4 GB), only the region the crop keeps is computed:
+        :meth:`resize_crop_region`, within one 8-bit level of the full computation.
+        """
         height, width = pixels.shape[-2:]
+        size = self.resize_size(height, width)
         ch, cw = self.crop_size
+        if size[0] * size[1] > MAX_RESIZE_RATIO * ch * cw and size[0] >= ch and size[1] >= cw:
+            return self.resize_crop_region(pixels.cpu()).to(pixels.device)
+        pixels = TF.resize(pixels, list(size), interpolation=_RESAMPLE[self.resample], antialias=True)
+        height, width = pixels.shape[-2:]
         return TF.crop(pixels, int((height - ch) / 2.0), int((width - cw) / 2.0), ch, cw)
+
+    def resize_crop_region(self, pixels: torch.Tensor) -> torch.Tensor:
+        """:meth:`resize_crop` computing only the region the crop keeps, for uint8 RGB pixels [3, H, W] on the
+        CPU; memory and time bounded by the crop and the source, whatever the aspect ratio.
+
+        PIL's float (mode F) ``Image.resize(size, box=...)`` samples a source box with the same filter centres
+        and support as the full resize, so each output pixel is the full resize's. The two passes run in
+        torchvision's order (horizontal, then vertical), the intermediate clipped to 0..255 as the 8-bit
+        reference clips it; one final rounding. The reference also rounds its intermediate, and the vertical
+        weights' absolute sum is at most 1.25, so the two differ by at most 0.5 x 1.25 + a little before the
+        final rounding: at most one 8-bit level.
+        """
+        height, width = pixels.shape[-2:]
+        full_height, full_width = self.resize_size(height, width)
+        ch, cw = self.crop_size
+        top, left = int((full_height - ch) / 2.0), int((full_width - cw) / 2.0)
+        scale_y, scale_x = height / full_height, width / full_width
+        x0, x1, y0, y1 = left * scale_x, (left + cw) * scale_x, top * scale_y, (top + ch) * scale_y
+        support = {2: 1.0, 3: 2.0}[self.resample] * max(scale_y, 1.0) + 1  # source rows the vertical pass reads
+        first, last = max(0, math.floor(y0 - support)), min(height, math.ceil(y1 + support))
+        rows = last - first
+        out = []
+        for channel in pixels[:, first:last].numpy().astype(np.float32):
+            band = Image.fromarray(channel).resize((cw, rows), self.resample, box=(x0, 0, x1, rows))
+            band = Image.fromarray(np.clip(np.asarray(band), 0, 255))  # float32: mode F
+            out.append(np.asarray(band.resize((cw, ch), self.resample, box=(0, y0 - first, cw, y1 - first))))
+        return torch.from_numpy(np.clip(np.rint(np.stack(out)), 0, 255).astype(np.uint8))
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 pixels [..., 3, H, W] -> normalised float32, on whatever device they are."""
         mean, std = (t.to(pixels.device) for t in self._norm)
         return TF.normalize(pixels.to(torch.float32), mean, std)
 
-    def __call__(self, image: ImageInput) -> torch.Tensor:
-        """Pixel values [3, H, W] float32 for one image."""
-        return self.normalize(self.uint8(image))
+    def __call__(self, image: ImageInput, *, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> torch.Tensor:
+        """Pixel values [3, H, W] float32 for one image (any input :func:`load_image` takes)."""
+        return self.normalize(self.uint8(image, max_image_pixels=max_image_pixels))
 
 
 class AltCLIPProcessor:
@@ -149,10 +170,15 @@ class AltCLIPProcessor:
         return cls(tokenizer, transform, context_length)
 
     def save_pretrained(self, folder: str | Path) -> None:
-        """Write the tokenizer files and preprocessor_config.json (what ``AltCLIPProcessor`` loads)."""
+        """Write the BAAI/AltCLIP tokenizer and preprocessing files: tokenizer.json, tokenizer_config.json,
+        special_tokens_map.json, sentencepiece.bpe.model (for slow tokenizers and FlagAI) and
+        preprocessor_config.json; ``AltCLIPProcessor`` and transformers load them."""
+        from .bridges.files import write_slow_tokenizer_files
+
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(folder)
+        write_slow_tokenizer_files(self.tokenizer, folder)
         config = self.image_transform.to_preprocessor_config()
         (folder / "preprocessor_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
@@ -165,15 +191,17 @@ class AltCLIPProcessor:
     def tokenize(
         self, texts: str | Sequence[str], *, context_length: int | None = None, pad_to_context_length: bool = False
     ) -> dict[str, torch.Tensor]:
-        """``input_ids`` and ``attention_mask`` [N, T], truncated at ``context_length`` (default: the
-        processor's, 77), padded to the longest text or, with ``pad_to_context_length``, to the limit."""
-        texts = [texts] if isinstance(texts, str) else texts
-        if texts is None or not isinstance(texts, Sequence) or len(texts) == 0:
-            raise ValueError("no texts given: pass a string or a non-empty list of strings")
+        """``input_ids`` and ``attention_mask`` [N, T] int64, truncated at ``context_length`` (default: the
+        processor's, 77), padded to the longest text or, with ``pad_to_context_length``, to the limit; an empty
+        list gives [0, 0] (or [0, context_length]). Raises TypeError for anything but a string or a list of them."""
+        texts = as_list([texts] if isinstance(texts, str) else texts, "texts")
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"text {i} is a {type(text).__name__}, not a string")
         length = self._check_context_length(self.context_length if context_length is None else context_length)
+        if not texts:  # the tokenizer cannot pad an empty batch; no text is 0 tokens long
+            empty = torch.zeros(0, length if pad_to_context_length else 0, dtype=torch.long)
+            return {"input_ids": empty, "attention_mask": empty.clone()}
         encoded = self.tokenizer(
             list(texts),
             padding="max_length" if pad_to_context_length else "longest",
@@ -183,13 +211,17 @@ class AltCLIPProcessor:
         )
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
-    def images(self, images: ImageInput | Sequence[ImageInput]) -> torch.Tensor:
-        """``pixel_values`` [N, 3, H, W] float32."""
-        if isinstance(images, (Image.Image, str, Path, np.ndarray, torch.Tensor)):
+    def images(
+        self, images: ImageInput | Sequence[ImageInput], *, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+    ) -> torch.Tensor:
+        """``pixel_values`` [N, 3, H, W] float32 ([0, 3, H, W] for an empty list) of one image or a list of
+        images, each anything :func:`load_image` takes; raises as ``load_image`` does."""
+        if is_one_image(images):
             images = [images]
-        if images is None or len(images) == 0:
-            raise ValueError("no images given: pass an image or a non-empty list of images")
-        return torch.stack([self.image_transform(image) for image in images])
+        images = as_list(images, "images")
+        if not images:
+            return torch.zeros(0, 3, *self.image_transform.crop_size)
+        return torch.stack([self.image_transform(image, max_image_pixels=max_image_pixels) for image in images])
 
     def __call__(self, text=None, images=None, **kwargs) -> dict[str, torch.Tensor]:
         """Model inputs for texts and/or images: ``input_ids``, ``attention_mask``, ``pixel_values``."""
@@ -199,3 +231,13 @@ class AltCLIPProcessor:
         if images is not None:
             out["pixel_values"] = self.images(images)
         return out
+
+
+def as_list(items: Any, what: str) -> list:
+    """``items`` (a list or other sequence, empty allowed) as a list; raises TypeError naming the type for
+    None, a bare string or bytes (one item where a list is expected) and anything that is not a sequence."""
+    if isinstance(items, (str, bytes)):
+        raise TypeError(f"{what} must be a list; got a single {type(items).__name__}, wrap it in a list: [{what[:-1]}]")
+    if not isinstance(items, Sequence):
+        raise TypeError(f"{what} must be a list; got {type(items).__name__}")
+    return list(items)

@@ -9,6 +9,7 @@ folder on sentence-transformers' own ``Transformer`` module that needs no code f
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,12 +19,13 @@ import numpy as np
 import torch
 from PIL import Image
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.base.modality import is_image_url_or_path
+from sentence_transformers.base.modality import is_image_url_or_path, is_message_dict
 from sentence_transformers.base.modules import InputModule, Normalize, Transformer
 
 from . import __version__
+from .bridges.files import SENTENCEPIECE_MODEL, honour_umask
 from .core import AltCLIP
-from .processor import DEFAULT_CONTEXT_LENGTH, AltCLIPProcessor
+from .processor import DEFAULT_CONTEXT_LENGTH, AltCLIPProcessor, UnreadableImageError
 
 MODALITIES = ["text", "image"]
 # sentence-transformers' own Transformer module on a transformers AltCLIPModel: the same projections.
@@ -31,6 +33,8 @@ NATIVE_MODALITY_CONFIG = {
     "text": {"method": "get_text_features", "method_output_name": "pooler_output"},
     "image": {"method": "get_image_features", "method_output_name": "pooler_output"},
 }
+# What a BAAI/AltCLIP folder holds and sentence-transformers' own Transformer module does not write.
+BAAI_EXTRA_FILES = [SENTENCEPIECE_MODEL, "special_tokens_map.json", "preprocessor_config.json"]
 # Written into config_sentence_transformers.json: a machine without this package gets an install hint.
 REQUIREMENTS = {
     "altclip-adapters": {
@@ -45,8 +49,9 @@ class AltCLIPModule(InputModule):
 
     Texts are truncated at ``max_seq_length`` tokens (77 by default, as AltCLIP was trained; at
     most 512). Images are PIL images, ``pathlib.Path`` objects, uint8 arrays (HWC or CHW), image
-    file path strings, image URLs or ``data:image/...`` URIs. Outputs ``sentence_embedding``
-    (the unnormalised projection; follow it with ``Normalize`` for cosine similarity).
+    file path strings, image URLs or ``data:image/...`` URIs; one batch may mix texts and images. Outputs
+    ``sentence_embedding`` in input order (the unnormalised projection; follow it with ``Normalize`` for cosine
+    similarity).
     """
 
     # The module's own settings; the folder's config.json stays the transformers AltCLIP config.
@@ -63,7 +68,8 @@ class AltCLIPModule(InputModule):
 
     @property
     def modalities(self) -> list[str]:
-        return list(MODALITIES)
+        """Texts, images and, so that sentence-transformers passes a batch mixing them, ``"message"``."""
+        return [*MODALITIES, "message"]
 
     @property
     def processor(self) -> AltCLIPProcessor:
@@ -85,44 +91,52 @@ class AltCLIPModule(InputModule):
         return self.model.config.projection_dim
 
     def preprocess(self, inputs: Sequence[Any], prompt: str | None = None, **kwargs) -> dict[str, Any]:
-        """Token ids for a batch of texts (``prompt`` prepended), or pixel values for a batch of images.
+        """Model inputs for a batch of texts and images in any mix: ``input_ids`` / ``attention_mask`` for the
+        texts (``prompt`` prepended), ``pixel_values`` for the images, and, for a mix, each one's place in the
+        batch (``text_positions``, ``image_positions``). ``modality`` is ``"text"``, ``"image"`` or, for a mix,
+        ``"message"`` (what sentence-transformers calls a mixed batch). An empty batch is an empty text batch.
 
         A caller's ``max_length`` (the trainer's) overrides ``max_seq_length`` for this batch.
         """
-        if len(inputs) == 0:
-            raise ValueError("no inputs given: pass a non-empty list of texts or of images")
-        kinds = {_input_kind(item) for item in inputs}
-        if len(kinds) > 1:
-            raise ValueError("this batch mixes texts and images; encode each modality separately (one call each)")
-        if kinds == {"text"}:
-            texts = [_unwrap(text) for text in inputs]
-            if prompt:
-                texts = [prompt + text for text in texts]
+        kinds = [_input_kind(item) for item in inputs]
+        texts = [_unwrap(item) for item, kind in zip(inputs, kinds) if kind == "text"]
+        images = [_unwrap(item) for item, kind in zip(inputs, kinds) if kind == "image"]
+        features: dict[str, Any] = {"modality": "message" if texts and images else "image" if images else "text"}
+        if texts or not images:
+            texts = [prompt + text for text in texts] if prompt else texts
             length = kwargs.get("max_length") or self.max_seq_length
-            return {**self.processor.tokenize(texts, context_length=length), "modality": "text"}
-        return {"pixel_values": torch.stack([self._pixels(_unwrap(image)) for image in inputs]), "modality": "image"}
+            features.update(self.processor.tokenize(texts, context_length=length))
+        if images:
+            features["pixel_values"] = torch.stack([self._pixels(image) for image in images])
+        if texts and images:
+            features["text_positions"] = torch.tensor([i for i, kind in enumerate(kinds) if kind == "text"])
+            features["image_positions"] = torch.tensor([i for i, kind in enumerate(kinds) if kind == "image"])
+        return features
 
     def _pixels(self, image: Any) -> torch.Tensor:
-        if isinstance(image, str) and image.startswith(("http://", "https://", "data:image/")):
-            from transformers.image_utils import load_image as fetch_image
-
-            try:
-                image = fetch_image(image)
-            except (OSError, ValueError) as e:
-                raise ValueError(f"cannot fetch the image {_describe(image)}: {e}") from e
+        """Pixel values of one image (path, URL, ``data:`` URI, PIL image, array...) by
+        :func:`altclip_adapters.images.load_image`'s rules; errors name the input (batches are reordered)."""
         try:
             return self.processor.image_transform(image)
-        except (OSError, ValueError, TypeError) as e:
-            if isinstance(image, (str, Path)):
-                raise  # the message names the file
+        except (UnreadableImageError, FileNotFoundError):
+            raise  # the message names the input
+        except (ValueError, TypeError) as e:  # an array's dtype or shape
             raise type(e)(f"{e} (input: {_describe(image)})") from e
 
     def forward(self, features: dict[str, Any], **kwargs) -> dict[str, Any]:
-        if features.get("modality", "text") == "text":
-            embeddings = self.model.encode_text(features["input_ids"], features["attention_mask"])
-        else:
-            embeddings = self.model.encode_image(features["pixel_values"].to(self.model.dtype))
-        features["sentence_embedding"] = embeddings
+        """``sentence_embedding`` [N, projection_dim]: the texts' and the images' projections, in input order."""
+        parts = []
+        if "input_ids" in features:
+            text = self.model.encode_text(features["input_ids"], features["attention_mask"])
+            parts.append((features.get("text_positions"), text))
+        if "pixel_values" in features:
+            image = self.model.encode_image(features["pixel_values"].to(self.model.dtype))
+            parts.append((features.get("image_positions"), image))
+        if len(parts) == 1:
+            features["sentence_embedding"] = parts[0][1]
+        else:  # a mixed batch: put each embedding back in its input's place
+            positions, embeddings = zip(*parts)
+            features["sentence_embedding"] = torch.cat(embeddings)[torch.cat(positions).argsort()]
         return features
 
     def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
@@ -183,6 +197,10 @@ def _describe(item: Any) -> str:
 def _input_kind(item: Any) -> str:
     """``"text"`` or ``"image"`` for one input, by sentence-transformers' rules; raises ValueError naming it
     (not TypeError, which sentence-transformers takes as a cue to retry without the prompt)."""
+    if is_message_dict(item) or (isinstance(item, list) and item and is_message_dict(item[0])):
+        raise ValueError(
+            f"input {_describe(item)} is a chat message; AltCLIP embeds texts and images (pass the text or image itself)"
+        )
     if isinstance(item, dict):
         if len(item) != 1 or next(iter(item)) not in MODALITIES:
             raise ValueError(
@@ -280,6 +298,8 @@ def export_native(
     It loads with a bare ``SentenceTransformer(folder)`` where this package is not installed, and
     gives the same embeddings. ``model_or_name``: a model from :func:`load`, an ``AltCLIP`` core, or
     a registry name, hub id or checkpoint folder. ``context_length`` defaults to the model's (77).
+    The folder also holds the BAAI/AltCLIP files the ``Transformer`` module does not write
+    (``BAAI_EXTRA_FILES``); file modes follow the umask.
     """
     prompts = None
     if isinstance(model_or_name, SentenceTransformer):
@@ -303,4 +323,10 @@ def export_native(
             modules=[transformer, Normalize()], device="cpu", prompts=prompts, similarity_fn_name="cosine"
         )
         native.save(str(folder))
-    return Path(folder)
+        folder = Path(folder)
+        for name in BAAI_EXTRA_FILES:  # the rest of the BAAI/AltCLIP file set, for slow tokenizers and FlagAI
+            if not (folder / name).exists():
+                shutil.copyfile(Path(checkpoint) / name, folder / name)
+    for weights in folder.rglob("*.safetensors"):  # transformers writes them 0600 (safetensors 0.8)
+        honour_umask(weights)
+    return folder

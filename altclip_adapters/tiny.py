@@ -13,6 +13,9 @@ from typing import Literal
 
 import torch
 
+# What every entry point running on a random checkpoint prints first (the demo's offline fallback, examples' --tiny)
+RANDOM_WEIGHTS_BANNER = "RANDOM WEIGHTS: a random tiny checkpoint built offline; every score below is meaningless"
+
 SHAPES = {
     # text tower, vision tower and projection sizes of each kind of checkpoint
     "tiny": dict(
@@ -30,6 +33,11 @@ SHAPES = {
         vision=dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096, image_size=224, patch_size=14, hidden_act="quick_gelu"),
         projection_dim=768,
     ),
+    "b32": dict(  # transformers' defaults (vision: ViT-B/32 at 224; projection_dim, project_dim) on the tiny text tower
+        text=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
+        vision=dict(),
+        projection_dim=768,
+    ),
 }
 
 CORPUS = [
@@ -42,8 +50,10 @@ CORPUS = [
 
 
 def train_tokenizer(folder: Path, vocab_size: int = 300):
-    """An XLM-R style tokenizer (sentencepiece unigram, fairseq id layout) trained on ``CORPUS``."""
+    """An XLM-R style tokenizer (sentencepiece unigram, fairseq id layout) trained on ``CORPUS``; its
+    ``sentencepiece.bpe.model`` is written to ``folder``, and the fast tokenizer normalises as it does."""
     import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2
     from transformers import XLMRobertaTokenizer
 
     model = io.BytesIO()
@@ -51,13 +61,16 @@ def train_tokenizer(folder: Path, vocab_size: int = 300):
         sentence_iterator=iter(CORPUS * 3), model_writer=model, vocab_size=vocab_size, hard_vocab_limit=False,
         character_coverage=1.0, model_type="unigram", minloglevel=2,
     )
-    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    proto = sentencepiece_model_pb2.ModelProto.FromString(model.getvalue())
     # fairseq layout: <s> <pad> </s> <unk>, then sentencepiece's pieces from id 3 on, then <mask>
     vocab = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
-    vocab += [(sp.id_to_piece(i), sp.get_score(i)) for i in range(3, sp.get_piece_size())]
+    vocab += [(piece.piece, piece.score) for piece in proto.pieces[3:]]
     vocab.append(("<mask>", 0.0))
     (folder / "sentencepiece.bpe.model").write_bytes(model.getvalue())
-    return XLMRobertaTokenizer(vocab=vocab, model_max_length=512)
+    return XLMRobertaTokenizer(
+        vocab=vocab, model_max_length=512, _spm_precompiled_charsmap=proto.normalizer_spec.precompiled_charsmap,
+        vocab_file=str(folder / "sentencepiece.bpe.model"),
+    )
 
 
 def _perturb(model: torch.nn.Module, seed: int) -> None:
@@ -67,20 +80,37 @@ def _perturb(model: torch.nn.Module, seed: int) -> None:
             param.add_(torch.randn(param.shape, generator=generator) * 0.05)
 
 
+def diff_config(config) -> dict:
+    """A transformers ``AltCLIPConfig`` as transformers 4 wrote ``config.json`` (``to_diff_dict``): every key equal
+    to its class default left out, at the top level and in each sub-config (``model_type`` kept)."""
+    data = config.to_dict()
+    for key in ("text_config", "vision_config"):
+        defaults = type(getattr(config, key))().to_dict()
+        data[key] = {k: v for k, v in data[key].items() if k == "model_type" or v != defaults.get(k)}
+    defaults = type(config)().to_dict()
+    kept = ("text_config", "vision_config", "model_type")
+    return {k: v for k, v in data.items() if k in kept or v != defaults.get(k)}
+
+
 def make_checkpoint(
     folder: str | Path,
-    shape: Literal["tiny", "m18", "full"] = "tiny",
+    shape: Literal["tiny", "m18", "full", "b32"] = "tiny",
     layout: Literal["safetensors", "bin", "sharded"] = "safetensors",
     seed: int = 0,
+    config_style: Literal["full", "diff"] = "full",
 ) -> Path:
     """Write a random AltCLIP checkpoint folder: config.json, weights, tokenizer, preprocessor config.
 
     ``layout``: ``safetensors`` as transformers 5 writes it (``encoder.layer.N`` in both towers);
     ``bin`` as the BAAI files are (transformers 4 pickle: text ``encoder.layer.N``, vision
     ``encoder.layers.N``, ``position_ids`` buffers); ``sharded`` as two safetensors shards + index.
+    ``config_style``: ``full`` as transformers 5 writes config.json, ``diff`` as transformers 4 did
+    (:func:`diff_config`).
     """
     from safetensors.torch import save_file
     from transformers import AltCLIPConfig, AltCLIPModel, CLIPImageProcessor
+
+    from .bridges.files import honour_umask
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -95,8 +125,12 @@ def make_checkpoint(
     model = AltCLIPModel(config).eval()
     _perturb(model, seed)
     tokenizer.save_pretrained(folder)
-    size = sizes["vision"]["image_size"]
+    size, patch = config.vision_config.image_size, config.vision_config.patch_size
     CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(folder)
+    if config_style == "diff":
+        (folder / "config.json").write_text(json.dumps(diff_config(config), indent=2) + "\n")
+    else:
+        config.save_pretrained(folder)
 
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     if shape == "m18":
@@ -107,8 +141,7 @@ def make_checkpoint(
     if layout == "bin":
         state = {k.replace("text_model.roberta.encoder.layers.", "text_model.roberta.encoder.layer."): v for k, v in state.items()}
         state["text_model.roberta.embeddings.position_ids"] = torch.arange(514).expand(1, -1).contiguous()
-        state["vision_model.embeddings.position_ids"] = torch.arange((size // sizes["vision"]["patch_size"]) ** 2 + 1).expand(1, -1).contiguous()
-        config.save_pretrained(folder)
+        state["vision_model.embeddings.position_ids"] = torch.arange((size // patch) ** 2 + 1).expand(1, -1).contiguous()
         torch.save(state, folder / "pytorch_model.bin")
         return folder
     state = {k.replace(".encoder.layers.", ".encoder.layer."): v for k, v in state.items()}  # transformers 5 on disk
@@ -117,9 +150,10 @@ def make_checkpoint(
         shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2], "model-00002-of-00002.safetensors": keys[len(keys) // 2 :]}
         for name, names in shards.items():
             save_file({k: state[k] for k in names}, str(folder / name), metadata={"format": "pt"})
+            honour_umask(folder / name)
         index = {"metadata": {}, "weight_map": {k: name for name, names in shards.items() for k in names}}
         (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     else:
         save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    config.save_pretrained(folder)
+        honour_umask(folder / "model.safetensors")
     return folder

@@ -6,7 +6,9 @@
 Both models load one random checkpoint with BAAI/AltCLIP's tower shapes (XLM-R large + ViT-L/14 at
 224; small vocabulary), written once into --checkpoint. Prints images/s or texts/s for the
 reference and for ours, the ratio ours/reference, and the fidelity of each fast path against the
-fp32 reference (cosine similarity per embedding; the minimum is printed).
+fp32 reference (cosine similarity per embedding; the minimum is printed). A first, cheap section
+times ``altclip --help`` against ``python -c "import torch"`` (fresh processes). The work folder is a
+temporary one, removed at the end, unless --workdir names one to keep; the run ends with its peak memory.
 """
 
 from __future__ import annotations
@@ -84,6 +86,37 @@ def load_reference(folder: Path, device: torch.device, dtype: torch.dtype):
     from transformers import AltCLIPModel
 
     return AltCLIPModel.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").to(device).eval()
+
+
+# start-up of the command line, against importing torch, each in a fresh process ---------------------
+STARTUP = {  # what each fresh interpreter runs; it reports its peak resident memory (KiB) on stderr at exit
+    "altclip --help": "import sys\nfrom altclip_adapters.cli import main\nsys.argv = ['altclip', '--help']\nmain()",
+    "import torch": "import torch",
+}
+STARTUP_PEAK = "import atexit, resource, sys\natexit.register(lambda: print('peak', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr))\n"
+
+
+def run_fresh(code: str) -> tuple[float, int]:
+    """Wall seconds and peak resident KiB of a fresh ``python -c code``."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", STARTUP_PEAK + code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True, check=True)
+    seconds = time.perf_counter() - start
+    return seconds, int(done.stderr.split("peak ")[-1])
+
+
+def bench_startup(rounds: int = 3) -> None:
+    print(f"start-up: `altclip --help` against `python -c \"import torch\"` (fresh process each, best of {rounds})")
+    best = {name: (float("inf"), 0) for name in STARTUP}
+    for _ in range(rounds):  # alternating, so that other work on the machine hurts both alike
+        for name, code in STARTUP.items():
+            seconds, peak = run_fresh(code)
+            best[name] = (min(best[name][0], seconds), max(best[name][1], peak))
+    (ours, ours_peak), (ref, ref_peak) = best["altclip --help"], best["import torch"]
+    print(f"  {'altclip --help (vs import torch)':<40} ref {ref:>7.2f} s    ours {ours:>7.2f} s    ours/ref {ours / ref:5.2f}x "
+          f"(target <= 0.30x)")
+    print(f"  {'  peak memory':<40} ref {ref_peak / 2**10:>7.0f} MiB  ours {ours_peak / 2**10:>7.0f} MiB  "
+          f"ours/ref {ours_peak / ref_peak:5.2f}x")
 
 
 # load time and peak memory, each measured in a fresh process ---------------------------------------
@@ -289,28 +322,46 @@ def main() -> None:
     parser.add_argument("--dtype", nargs="+", choices=list(DTYPES), help="default: fp32 on cpu, bf16 fp16 on cuda")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd image towers (both models, first dtype)")
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers for the JPEG pipeline")
-    parser.add_argument("--checkpoint", default=None, help="random full-shape checkpoint folder (made if missing)")
-    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "altclip-bench"))
-    parser.add_argument("--only", nargs="+", choices=["load", "towers", "e2e"], default=["load", "towers", "e2e"])
+    parser.add_argument("--checkpoint", default=None, help="random full-shape checkpoint folder (made if missing, kept)")
+    parser.add_argument("--workdir", default=None,
+                        help="folder for the checkpoint and JPEGs, kept for the next run (default: a temporary folder, removed)")
+    parser.add_argument("--only", nargs="+", choices=["startup", "load", "towers", "e2e"],
+                        default=["startup", "load", "towers", "e2e"])
     parser.add_argument("--probe-load", choices=["ours", "ref"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.probe_load:
         probe_load(args.probe_load, args.checkpoint)
         return
+    with tempfile.TemporaryDirectory(prefix="altclip-bench-") as tmp:  # ~2.3 GiB of checkpoint and JPEGs
+        args.workdir = args.workdir or tmp
+        failed = run_sections(args)
+    self_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    children_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    print(f"peak memory: this process {self_peak:.2f} GiB, largest child process {children_peak:.2f} GiB")
+    sys.exit(1 if failed else 0)
+
+
+def run_sections(args) -> list[str]:
+    """Run the sections ``args.only`` names; returns those that failed."""
     device = torch.device(args.device)
     args.dtype = args.dtype or (["fp32"] if device.type == "cpu" else ["bf16", "fp16"])
     preset = PRESETS[device.type]
     folder = Path(args.checkpoint or Path(args.workdir) / "full")
-    if not (folder / "config.json").is_file():
-        print(f"writing a random checkpoint with BAAI/AltCLIP shapes to {folder} ...", flush=True)
-        make_checkpoint(folder, "full")
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"transformers {transformers.__version__} {gpu}")
     print(f"threads {torch.get_num_threads()}, preset {preset}")
     started = time.perf_counter()
-    sections = {"load": lambda: bench_load(folder), "towers": lambda: bench_towers(args, folder, device, preset),
-                "e2e": lambda: bench_end_to_end(args, folder, device, preset)}
+
+    def checkpoint() -> Path:
+        if not (folder / "config.json").is_file():
+            print(f"writing a random checkpoint with BAAI/AltCLIP shapes to {folder} ...", flush=True)
+            make_checkpoint(folder, "full")
+        return folder
+
+    sections = {"startup": bench_startup, "load": lambda: bench_load(checkpoint()),
+                "towers": lambda: bench_towers(args, checkpoint(), device, preset),
+                "e2e": lambda: bench_end_to_end(args, checkpoint(), device, preset)}
     failed = []
     for name in args.only:
         try:  # an unattended run reports a failing part and goes on with the others
@@ -320,7 +371,7 @@ def main() -> None:
             failed.append(name)
         print(f"  [{name} done at {time.perf_counter() - started:.0f} s]", flush=True)
     print(f"total {time.perf_counter() - started:.0f} s" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
-    sys.exit(1 if failed else 0)
+    return failed
 
 
 if __name__ == "__main__":

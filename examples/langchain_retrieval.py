@@ -4,7 +4,7 @@
     python examples/langchain_retrieval.py --model AltCLIP-m18
     python examples/langchain_retrieval.py --tiny           # offline smoke run: random weights, random answers
 
-Needs ``pip install 'altclip-adapters[langchain]'``.
+Needs the ``langchain`` extra (from a clone: ``pip install -e '.[langchain]'``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from _display import pad  # examples/_display.py: CJK-aware column padding
 from langchain_core.vectorstores import InMemoryVectorStore
 from PIL import Image, ImageDraw
 
@@ -50,36 +51,37 @@ def draw_shapes(folder: Path) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="AltCLIP", help="registry name, hub id or checkpoint folder")
+    parser.add_argument("--model", default="AltCLIP", help="registry name, hub id or checkpoint folder (default: AltCLIP)")
     parser.add_argument("--tiny", action="store_true", help="use a random tiny checkpoint built offline")
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp())
-    if args.tiny:
-        from altclip_adapters.tiny import make_checkpoint
+    with tempfile.TemporaryDirectory() as tmp:  # the drawn images (and --tiny's checkpoint), removed at the end
+        workdir = Path(tmp)
+        if args.tiny:
+            from altclip_adapters.tiny import RANDOM_WEIGHTS_BANNER, make_checkpoint
 
-        args.model = make_checkpoint(workdir / "tiny", "tiny")
+            args.model = make_checkpoint(workdir / "tiny", "tiny")
+            print(RANDOM_WEIGHTS_BANNER)
+        embeddings = AltCLIPEmbeddings(args.model, batch_size=32)
 
-    embeddings = AltCLIPEmbeddings(args.model, batch_size=32)
+        texts = InMemoryVectorStore.from_texts(DOCUMENTS, embeddings)
+        print("texts")
+        for query in QUERIES:
+            document, score = texts.similarity_search_with_score(query, k=1)[0]
+            print(f"  {pad(repr(query), 30)} -> {document.page_content!r} ({score:.3f})")
 
-    texts = InMemoryVectorStore.from_texts(DOCUMENTS, embeddings)
-    print("texts")
-    for query in QUERIES:
-        document, score = texts.similarity_search_with_score(query, k=1)[0]
-        print(f"  {query!r:30} -> {document.page_content!r} ({score:.3f})")
-
-    # Multimodal stores (Chroma's add_images, ...) call embed_image(uris=...) themselves; InMemoryVectorStore has
-    # no add_images, so the image vectors go into its store directly.
-    uris = draw_shapes(workdir)
-    images = InMemoryVectorStore(embeddings)
-    for uri, vector in zip(uris, embeddings.embed_image(uris=uris)):
-        images.store[uri] = {"id": uri, "vector": vector, "text": uri, "metadata": {"kind": "image"}}
-    print("images")
-    for query in IMAGE_QUERIES:
-        document, score = images.similarity_search_with_score(query, k=1)[0]
-        print(f"  {query!r:30} -> {Path(document.page_content).name} ({score:.3f})")
-    (vector,) = embeddings.embed_image(uris=[uris[0]])
-    (document,) = images.similarity_search_by_vector(vector, k=1)
-    print(f"  {Path(uris[0]).name!r:30} -> {Path(document.page_content).name}")
+        # Multimodal stores (Chroma's add_images, ...) call embed_image(uris=...) themselves; InMemoryVectorStore has
+        # no add_images, so the image vectors go into its store directly.
+        uris = draw_shapes(workdir)
+        images = InMemoryVectorStore(embeddings)
+        for uri, vector in zip(uris, embeddings.embed_image(uris=uris)):
+            images.store[uri] = {"id": uri, "vector": vector, "text": uri, "metadata": {"kind": "image"}}
+        print("images")
+        for query in IMAGE_QUERIES:
+            document, score = images.similarity_search_with_score(query, k=1)[0]
+            print(f"  {pad(repr(query), 30)} -> {Path(document.page_content).name} ({score:.3f})")
+        (vector,) = embeddings.embed_image(uris=[uris[0]])
+        (document,) = images.similarity_search_by_vector(vector, k=1)
+        print(f"  {pad(repr(Path(uris[0]).name), 30)} -> {Path(document.page_content).name}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
     python examples/llama_index_retrieval.py --model AltCLIP-m18
     python examples/llama_index_retrieval.py --tiny           # offline smoke run: random weights, random answers
 
-Needs ``pip install 'altclip-adapters[llama-index]'``.
+Needs the ``llama-index`` extra (from a clone: ``pip install -e '.[llama-index]'``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import asyncio
 import tempfile
 from pathlib import Path
 
+from _display import pad  # examples/_display.py: CJK-aware column padding
 from llama_index.core import Document, Settings
 from llama_index.core.indices import MultiModalVectorStoreIndex
 from llama_index.core.node_parser import SentenceSplitter
@@ -54,38 +55,40 @@ def draw_shapes(folder: Path) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="AltCLIP", help="registry name, hub id or checkpoint folder")
+    parser.add_argument("--model", default="AltCLIP", help="registry name, hub id or checkpoint folder (default: AltCLIP)")
     parser.add_argument("--tiny", action="store_true", help="use a random tiny checkpoint built offline")
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp())
-    if args.tiny:
-        from altclip_adapters.tiny import make_checkpoint
+    with tempfile.TemporaryDirectory() as tmp:  # the drawn images (and --tiny's checkpoint), removed at the end
+        workdir = Path(tmp)
+        if args.tiny:
+            from altclip_adapters.tiny import RANDOM_WEIGHTS_BANNER, make_checkpoint
 
-        args.model = str(make_checkpoint(workdir / "tiny", "tiny"))
+            args.model = str(make_checkpoint(workdir / "tiny", "tiny"))
+            print(RANDOM_WEIGHTS_BANNER)
 
-    Settings.llm = None  # retrieval only
-    embed = AltCLIPEmbedding(args.model, embed_batch_size=32)
-    paths = draw_shapes(workdir)
-    # LlamaIndex drops nodes with neither text nor metadata: give each image document its file name
-    images = [ImageDocument(image_path=path, metadata={"file_name": Path(path).name}) for path in paths]
-    index = MultiModalVectorStoreIndex.from_documents(
-        [Document(text=text) for text in DOCUMENTS] + images,
-        embed_model=embed,
-        image_embed_model=embed,
-        transformations=[SentenceSplitter(chunk_size=64, chunk_overlap=8)],  # AltCLIP reads 77 tokens per chunk
-    )
-    retriever = index.as_retriever(similarity_top_k=1, image_similarity_top_k=1)
+        Settings.llm = None  # retrieval only
+        embed = AltCLIPEmbedding(args.model, embed_batch_size=32)
+        paths = draw_shapes(workdir)
+        # LlamaIndex drops nodes with neither text nor metadata: give each image document its file name
+        images = [ImageDocument(image_path=path, metadata={"file_name": Path(path).name}) for path in paths]
+        index = MultiModalVectorStoreIndex.from_documents(
+            [Document(text=text) for text in DOCUMENTS] + images,
+            embed_model=embed,
+            image_embed_model=embed,
+            transformations=[SentenceSplitter(chunk_size=64, chunk_overlap=8)],  # AltCLIP reads 77 tokens per chunk
+        )
+        retriever = index.as_retriever(similarity_top_k=1, image_similarity_top_k=1)
 
-    print("texts")
-    for query in QUERIES:
-        (hit,) = retriever.text_retrieve(query)
-        print(f"  {query!r:30} -> {hit.node.get_content()!r} ({hit.score:.3f})")
-    print("images")
-    for query in IMAGE_QUERIES:
-        (hit,) = retriever.text_to_image_retrieve(query)
-        print(f"  {query!r:30} -> {hit.node.metadata['file_name']} ({hit.score:.3f})")
-    (hit,) = asyncio.run(retriever.aimage_to_image_retrieve(paths[0]))
-    print(f"  {Path(paths[0]).name!r:30} -> {hit.node.metadata['file_name']} (async)")
+        print("texts")
+        for query in QUERIES:
+            (hit,) = retriever.text_retrieve(query)
+            print(f"  {pad(repr(query), 30)} -> {hit.node.get_content()!r} ({hit.score:.3f})")
+        print("images")
+        for query in IMAGE_QUERIES:
+            (hit,) = retriever.text_to_image_retrieve(query)
+            print(f"  {pad(repr(query), 30)} -> {hit.node.metadata['file_name']} ({hit.score:.3f})")
+        (hit,) = asyncio.run(retriever.aimage_to_image_retrieve(paths[0]))
+        print(f"  {pad(repr(Path(paths[0]).name), 30)} -> {hit.node.metadata['file_name']} (async)")
 
 
 if __name__ == "__main__":

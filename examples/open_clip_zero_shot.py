@@ -1,7 +1,9 @@
 """Zero-shot classification and text-image retrieval with AltCLIP, through plain open_clip calls.
 
-Nothing AltCLIP-specific is imported: installing altclip-adapters makes open_clip know ``AltCLIP``,
-``AltCLIP-m9`` and ``AltCLIP-m18`` (pretrained tag ``baai``) in every process.
+The model is built by plain open_clip calls: installing altclip-adapters makes open_clip know ``AltCLIP``,
+``AltCLIP-m9`` and ``AltCLIP-m18`` (pretrained tag ``baai``) in every process. The script only fetches the
+weights through altclip_adapters first, so that without a network it says so in one line at once (open_clip's
+own download retries for about 50 s); open_clip then reads them from the Hugging Face cache.
 
     python examples/open_clip_zero_shot.py                        # BAAI/AltCLIP from the hub (~3.5 GB)
     python examples/open_clip_zero_shot.py --model AltCLIP-m18    # eighteen languages
@@ -16,6 +18,7 @@ import tempfile
 
 import open_clip
 import torch
+from _display import display_width, pad  # examples/_display.py: CJK-aware column padding
 from PIL import Image
 
 LABELS = ["red", "绿色", "bleu"]  # one class name per language; the templates mix languages too
@@ -32,12 +35,11 @@ def demo_images() -> list[Image.Image]:
     return [Image.new("RGB", (320, 240), color) for color in ((220, 30, 30), (30, 200, 40), (30, 40, 220))]
 
 
-def tiny_model_name() -> str:
-    """A random tiny AltCLIP, written in open_clip's folder layout (``local-dir:``)."""
+def tiny_model_name(folder: str) -> str:
+    """A random tiny AltCLIP, written in open_clip's folder layout (``local-dir:``) under ``folder``."""
     from altclip_adapters.adapters.open_clip import save_for_open_clip
     from altclip_adapters.tiny import make_checkpoint
 
-    folder = tempfile.mkdtemp()
     checkpoint = make_checkpoint(f"{folder}/baai-layout", "tiny")
     return f"local-dir:{save_for_open_clip(checkpoint, f'{folder}/open_clip')}"
 
@@ -45,14 +47,29 @@ def tiny_model_name() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", nargs="*", help="image files (default: three coloured squares)")
-    parser.add_argument("--model", default="AltCLIP", help="AltCLIP, AltCLIP-m9 or AltCLIP-m18")
+    parser.add_argument("--model", default="AltCLIP", help="AltCLIP, AltCLIP-m9 or AltCLIP-m18 (default: AltCLIP)")
     parser.add_argument("--tiny", action="store_true", help="use a random tiny checkpoint (no download)")
     args = parser.parse_args()
 
-    model_name, pretrained = (tiny_model_name(), None) if args.tiny else (args.model, "baai")
-    model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
-    model.eval()
-    tokenizer = open_clip.get_tokenizer(model_name)
+    with tempfile.TemporaryDirectory() as tmp:  # --tiny's checkpoint, removed at the end
+        if args.tiny:
+            from altclip_adapters.tiny import RANDOM_WEIGHTS_BANNER
+
+            model_name, pretrained = tiny_model_name(tmp), None
+            print(RANDOM_WEIGHTS_BANNER)
+        else:
+            # open_clip's own download code retries an unreachable hub for ~50 s; this says what to do in one line
+            # (and downloads into the Hugging Face cache that open_clip then reads)
+            from altclip_adapters.bridges.files import resolve_checkpoint
+
+            try:
+                resolve_checkpoint(args.model)
+            except FileNotFoundError as e:
+                raise SystemExit(f"open_clip_zero_shot.py: {e}") from None
+            model_name, pretrained = args.model, "baai"
+        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
+        model.eval()
+        tokenizer = open_clip.get_tokenizer(model_name)
     images = [Image.open(path).convert("RGB") for path in args.images] or demo_images()
 
     with torch.no_grad():
@@ -65,12 +82,13 @@ def main() -> None:
     similarity = text_features @ image_features.T
 
     names = args.images or ["red square", "green square", "blue square"]
+    width = max(display_width(repr(caption)) for caption in CAPTIONS)
     print("zero-shot:")
     for name, row in zip(names, probabilities):
         print(f"  {name}: " + ", ".join(f"{label} {p:.2f}" for label, p in zip(LABELS, row.tolist())))
     print("retrieval (best image per caption):")
     for caption, row in zip(CAPTIONS, similarity):
-        print(f"  {caption!r} -> {names[row.argmax().item()]} ({row.max().item():.3f})")
+        print(f"  {pad(repr(caption), width)} -> {names[row.argmax().item()]} ({row.max().item():.3f})")
 
 
 if __name__ == "__main__":

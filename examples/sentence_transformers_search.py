@@ -7,7 +7,7 @@
 Encodes texts in several languages and a few drawn images into one space, searches both with
 queries in other languages, then saves the model twice: as a folder that needs this package
 (``trust_remote_code=True``) and as a plain sentence-transformers folder that does not.
-Needs ``pip install 'altclip-adapters[sentence-transformers]'``.
+Needs the ``sentence-transformers`` extra (from a clone: ``pip install -e '.[sentence-transformers]'``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from _display import pad  # examples/_display.py: CJK-aware column padding
 from PIL import Image, ImageDraw
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import semantic_search
@@ -56,31 +57,34 @@ def search(model: SentenceTransformer, queries: list[str], corpus, names: list[s
     hits = semantic_search(model.encode_query(queries, convert_to_tensor=True), corpus, top_k=1)
     print(title)
     for query, (hit,) in zip(queries, hits):
-        print(f"  {query!r:30} -> {names[hit['corpus_id']]!r} ({hit['score']:.3f})")
+        print(f"  {pad(repr(query), 30)} -> {names[hit['corpus_id']]!r} ({hit['score']:.3f})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="AltCLIP", help="registry name, hub id or checkpoint folder")
+    parser.add_argument("--model", default="AltCLIP", help="registry name, hub id or checkpoint folder (default: AltCLIP)")
     parser.add_argument("--tiny", action="store_true", help="use a random tiny checkpoint built offline")
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp())
-    if args.tiny:
-        from altclip_adapters.tiny import make_checkpoint
+    # The two saved copies of the model (several GB with real weights) and --tiny's checkpoint: removed at the end
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        if args.tiny:
+            from altclip_adapters.tiny import RANDOM_WEIGHTS_BANNER, make_checkpoint
 
-        args.model = make_checkpoint(workdir / "tiny", "tiny")
+            args.model = make_checkpoint(workdir / "tiny", "tiny")
+            print(RANDOM_WEIGHTS_BANNER)
 
-    model = load(args.model)  # a plain SentenceTransformer: AltCLIPModule -> Normalize, cosine similarity
-    search(model, QUERIES, model.encode_document(DOCUMENTS, convert_to_tensor=True), DOCUMENTS, "texts")
-    images = draw_shapes()
-    image_vectors = model.encode(list(images.values()), convert_to_tensor=True)
-    search(model, IMAGE_QUERIES, image_vectors, list(images), "images")
+        model = load(args.model)  # a plain SentenceTransformer: AltCLIPModule -> Normalize, cosine similarity
+        search(model, QUERIES, model.encode_document(DOCUMENTS, convert_to_tensor=True), DOCUMENTS, "texts")
+        images = draw_shapes()
+        image_vectors = model.encode(list(images.values()), convert_to_tensor=True)
+        search(model, IMAGE_QUERIES, image_vectors, list(images), "images")
 
-    model.save(str(workdir / "altclip-st"))  # reload: SentenceTransformer(folder, trust_remote_code=True)
-    export_native(model, workdir / "altclip-native")  # reload anywhere: SentenceTransformer(folder)
-    native = SentenceTransformer(str(workdir / "altclip-native"))
-    same = np.allclose(native.encode(DOCUMENTS), model.encode(DOCUMENTS), atol=1e-5)
-    print(f"saved to {workdir}; the plain folder gives the same embeddings: {same}")
+        model.save(str(workdir / "altclip-st"))  # reload: SentenceTransformer(folder, trust_remote_code=True)
+        export_native(model, workdir / "altclip-native")  # reload anywhere: SentenceTransformer(folder)
+        native = SentenceTransformer(str(workdir / "altclip-native"))
+        same = np.allclose(native.encode(DOCUMENTS), model.encode(DOCUMENTS), atol=1e-5)
+        print(f"saved twice (in a temporary folder, removed on exit); the plain folder gives the same embeddings: {same}")
 
 
 if __name__ == "__main__":

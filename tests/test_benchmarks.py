@@ -5,6 +5,7 @@ It runs on a tiny checkpoint here; the GPU mode shares every code path except th
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -19,7 +20,7 @@ def test_cpu_benchmark_prints_every_line_with_its_fidelity(tiny_dir, tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
-    for line in ("from_pretrained + read all weights", "peak memory growth", "image tower fp32, batch 2",
+    for line in ("altclip --help (vs import torch)", "from_pretrained + read all weights", "peak memory growth", "image tower fp32, batch 2",
                  "text tower fp32, 6-40 tok", "image tower int8", "text tower int8", "image tower fp32 compiled ",
                  "image tower fp32 compiled vs ref eager", "image tower bf16", "text tower bf16", "JPEGs -> embeddings"):
         assert line in out, f"missing line {line!r} in:\n{out}"
@@ -29,3 +30,16 @@ def test_cpu_benchmark_prints_every_line_with_its_fidelity(tiny_dir, tmp_path):
         floor = 0.999 if "int8" in name else 0.99 if "bf16" in name else 0.99999
         assert cos >= floor, (name, cos)
     assert "FAILED" not in out and re.search(r"^total \d+ s$", out, re.M)
+    assert re.search(r"^peak memory: this process \d+\.\d\d GiB, largest child process \d+\.\d\d GiB$", out, re.M)
+
+
+def test_benchmark_leaves_no_temporary_files(tiny_dir, tmp_path):
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    command = [sys.executable, str(BENCH), "--device", "cpu", "--checkpoint", str(tiny_dir), "--only", "startup", "e2e"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "TMPDIR": str(temp)},
+                            check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert re.search(r"altclip --help \(vs import torch\) +ref +[\d.]+ s +ours +[\d.]+ s +ours/ref +[\d.]+x", result.stdout)
+    assert "JPEGs -> embeddings" in result.stdout  # written into the work folder, which is gone now
+    assert [p.name for p in temp.iterdir() if not p.name.startswith("torchinductor_")] == []

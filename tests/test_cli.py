@@ -89,8 +89,34 @@ def test_unreadable_images_are_reported_and_skipped(tiny_dir, folder, expected, 
     assert [line for line in captured.err.splitlines() if "broken.jpg" in line] == [
         line for line in captured.err.splitlines() if line.startswith("altclip: skipped unreadable image")
     ]
-    assert "broken.jpg" in captured.err and "1 unreadable images skipped" in captured.out
+    assert "broken.jpg" in captured.err and "1 unreadable image skipped" in captured.out
     assert len(json.loads((tmp_path / "index.ids.json").read_text())["ids"]) == 2
+
+
+def test_an_image_over_max_image_pixels_is_skipped_with_one_line(tiny_dir, folder, expected, tmp_path, capsys):
+    """A (small) decompression bomb next to a good picture: reported in one line, the good one written; the
+    option raises the limit past it."""
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    good = sorted(folder.rglob("*.jpg"))[0]
+    (photos / good.name).write_bytes(good.read_bytes())
+    Image.new("1", (200, 100)).save(photos / "bomb.png")
+    out = tmp_path / "index.npy"
+    assert run("embed", str(photos), "--model", str(tiny_dir), "--out", str(out), "--quiet", "--max-image-pixels", "10000") == 0
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if "bomb.png" in line]
+    assert len(lines) == 1 and "has 20,000 pixels, over the limit of 10,000" in lines[0], captured.err
+    assert json.loads((tmp_path / "index.ids.json").read_text())["ids"] == [str(photos / good.name)]
+    ids, embeddings = expected
+    np.testing.assert_allclose(np.load(out)[0], embeddings[ids.index(str(good))], atol=1e-6)
+    out2 = tmp_path / "all.npy"
+    assert run("embed", str(photos), "--model", str(tiny_dir), "--out", str(out2), "--quiet", "--max-image-pixels", "none") == 0
+    assert len(json.loads((tmp_path / "all.ids.json").read_text())["ids"]) == 2
+    with pytest.raises(SystemExit) as usage_error:
+        run("embed", str(photos), "--model", str(tiny_dir), "--out", str(out2), "--max-image-pixels", "0")
+    assert usage_error.value.code == 2 and "--max-image-pixels: must be at least 1" in capsys.readouterr().err
 
 
 def test_an_interrupted_embed_resumes(tiny_dir, folder, expected, tmp_path, monkeypatch, capsys):
@@ -107,8 +133,8 @@ def test_an_interrupted_embed_resumes(tiny_dir, folder, expected, tmp_path, monk
 
     monkeypatch.setattr(cli.embed.PartialRun, "save", save_then_stop)
     argv = ("embed", str(folder), "--model", str(tiny_dir), "--out", str(out), "--quiet", "--batch-size", "2")
-    with pytest.raises(KeyboardInterrupt):
-        run(*argv)
+    assert run(*argv) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("altclip: interrupted: ")
     assert not out.exists() and (tmp_path / "index.parquet.parts").is_dir()
     assert run(*argv) == 0
     assert "resuming: 2 of 5" in capsys.readouterr().err

@@ -174,10 +174,8 @@ def test_bad_input(tiny_dir, embeddings, image_paths, tmp_path):
         embeddings.embed_image(uris=[image_paths[0], str(tmp_path / "missing.png")])
     with pytest.raises(ValueError, match="notes.txt"):
         embeddings.embed_image(uris=[str(not_an_image)])
-    with pytest.raises(ValueError, match="no images"):
-        embeddings.embed_image(uris=[])
-    with pytest.raises(ValueError, match="no texts"):
-        embeddings.embed_documents([])
+    with pytest.raises(TypeError, match="images must be a list; got NoneType"):
+        embeddings.embed_image(uris=None)
     with pytest.raises(TypeError, match="must be a list"):
         embeddings.embed_documents("a photo of a cat")
     with pytest.raises(TypeError, match="text 1 is a int"):

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from conftest import make_images, run_example
 from datasets import Dataset, DatasetDict
+from PIL import Image
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.base.modules import Normalize
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
@@ -80,7 +81,7 @@ def native_dir(model, tmp_path_factory):
 def test_load_gives_a_plain_sentence_transformer(model):
     assert type(model) is SentenceTransformer
     assert [type(m).__name__ for m in model] == ["AltCLIPModule", "Normalize"]
-    assert model.modalities == ["text", "image"]
+    assert model.modalities == ["text", "image", "message"]  # "message": batches mixing texts and images
     assert model.similarity_fn_name == "cosine"
     assert model.max_seq_length == 77
     assert model.get_embedding_dimension() == 16
@@ -237,6 +238,8 @@ def test_multi_process_pool_equals_single_process(model, texts, images):
     try:
         np.testing.assert_allclose(model.encode(texts, pool=pool, batch_size=2), model.encode(texts), atol=ATOL)
         np.testing.assert_allclose(model.encode(images, pool=pool, batch_size=2), model.encode(images), atol=ATOL)
+        mixed = [texts[0], images[0], texts[1], images[1], texts[2]]
+        np.testing.assert_allclose(model.encode(mixed, pool=pool, batch_size=2), model.encode(mixed), atol=ATOL)
     finally:
         model.stop_multi_process_pool(pool)
 
@@ -246,9 +249,10 @@ def test_bad_inputs_name_the_item(model, images, tmp_path):
         ([None], ValueError, "an input is None"),
         (["a", ["b", "c"]], ValueError, r"input \['b', 'c'\] is a nested list"),
         ([("a", "b")], ValueError, r"input \('a', 'b'\) is a nested tuple"),
-        (["a photo", images[0]], ValueError, "Encode each modality separately"),
         ([{"caption": "x"}], ValueError, r"input \{'caption': 'x'\}: AltCLIP takes"),
-        ([{"text": "a cat", "image": images[0]}], ValueError, "Encode each modality separately"),
+        ([{"text": "a cat", "image": images[0]}], ValueError, "one modality per input"),
+        ([{"role": "user", "content": "a cat"}], ValueError, "is a chat message"),
+        ([[{"role": "user", "content": "a cat"}]], ValueError, "is a chat message"),
         ([3.5], ValueError, "input 3.5 is a float"),
         ([Path(tmp_path / "missing.png")], FileNotFoundError, "missing.png"),
         ([np.zeros((8, 8, 3), np.float32)], TypeError, r"uint8.*ndarray of shape \(8, 8, 3\) and dtype float32"),
@@ -259,9 +263,38 @@ def test_bad_inputs_name_the_item(model, images, tmp_path):
     for inputs, error, message in cases:
         with pytest.raises(error, match=message):
             model.encode(inputs)
-    with pytest.raises(ValueError, match="no inputs given"):
-        model[0].preprocess([])
-    assert model.encode([]).shape == (0,)  # sentence-transformers' own contract for an empty list
+    assert model.encode([]).shape == (0,)  # sentence-transformers' own contract (more in test_inputs_lists.py)
+
+
+def separately(model, inputs, texts_at: list[int], **kwargs) -> np.ndarray:
+    """The embeddings of ``inputs`` from two calls, one for the texts (at ``texts_at``) and one for the images."""
+    out = np.zeros((len(inputs), model.get_embedding_dimension()), np.float32)
+    for where in (texts_at, [i for i in range(len(inputs)) if i not in texts_at]):
+        out[where] = model.encode([inputs[i] for i in where], **kwargs)
+    return out
+
+
+def test_a_list_mixing_texts_and_images_equals_separate_calls(model, images, tmp_path):
+    """Issue 10, kind 9: embeddings in input order, each equal to its own modality's call."""
+    dog = tmp_path / "dog.jpg"
+    images[1].save(dog)
+    inputs = ["a cat", Image.open(dog), "一只狗", str(dog), {"text": "猫の写真"}, {"image": images[2]}, Path(dog),
+              images[3], "a diagram of a neural network"]
+    got = model.encode(inputs)
+    assert got.shape == (len(inputs), 16)
+    np.testing.assert_allclose(got, separately(model, inputs, [0, 2, 4, 8]), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(model.encode(inputs, batch_size=2), got, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(got[::-1], model.encode(inputs[::-1]), atol=1e-6, rtol=0)  # order kept
+    tensors = model.encode(inputs, convert_to_tensor=True)
+    np.testing.assert_allclose(tensors.numpy(), got, atol=1e-6, rtol=0)
+
+
+def test_prompts_apply_to_the_texts_of_a_mixed_list(model, images):
+    inputs = ["a cat", images[0], "一只狗", images[1]]
+    got = model.encode(inputs, prompt="query: ")
+    np.testing.assert_allclose(got, separately(model, inputs, [0, 2], prompt="query: "), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(got[[1, 3]], model.encode(images[:2]), atol=1e-6, rtol=0)  # images take no prompt
+    assert not np.allclose(got[0], model.encode("a cat"), atol=1e-3)
 
 
 def test_strings_are_images_only_when_they_are_existing_image_files(model, images, tmp_path):

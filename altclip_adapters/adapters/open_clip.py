@@ -1,11 +1,10 @@
-"""AltCLIP as an open_clip architecture: model configs, ``baai`` pretrained tags, the model class.
+"""AltCLIP as an open_clip model: the model class, and conversions between open_clip and BAAI folders.
 
-open_clip has no plugin hook, but ``open_clip.factory.create_model`` looks up the name
-``CustomTextCLIP`` in its module at call time and passes every model-config key to it as a keyword.
-:func:`register` puts a dispatching subclass under that name: a config carrying the ``"altclip"``
-key builds :class:`AltCLIPOpenCLIP`, every other config builds open_clip's own class, as before.
-Everything else (``hf-hub:`` / ``local-dir:`` schemas, tags, precision, checkpoint loading,
-transforms, ``HFTokenizer``, ``save_for_hf``) is open_clip's own code.
+open_clip builds :class:`AltCLIPOpenCLIP` through the registration in
+:mod:`altclip_adapters.adapters.open_clip_registration` (names, configs, tags, the dispatch), which
+imports this module, and with it the core, on the first AltCLIP build. Everything else (``hf-hub:`` /
+``local-dir:`` schemas, tags, precision, checkpoint loading, transforms, ``HFTokenizer``, ``save_for_hf``)
+is open_clip's own code.
 """
 
 from __future__ import annotations
@@ -15,9 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import open_clip
 import torch
-from open_clip import factory, pretrained
 from open_clip.model import set_model_preprocess_cfg
 from open_clip.tokenizer import HFTokenizer
 from open_clip.transform import PreprocessCfg
@@ -30,41 +27,32 @@ from ..bridges.mapping import import_state_dict
 from ..config import AltCLIPConfig
 from ..core.model import AltCLIP
 from ..processor import DEFAULT_CONTEXT_LENGTH, AltCLIPProcessor, ImageTransform
+from .open_clip_registration import open_clip_config, register
 
-MARKER = "altclip"  # the model-config key that selects AltCLIP; its value is an AltCLIPConfig dict
-PRETRAINED_TAG = "baai"
+__all__ = ["AltCLIPOpenCLIP", "model_config", "register", "save_for_open_clip", "save_hf"]
+
 _HF_PREFIXES = ("text_model.", "vision_model.")  # keys of BAAI / transformers AltCLIP checkpoints
 _INTERPOLATION = {"bicubic": 3, "bilinear": 2}  # open_clip name -> PIL code in preprocessor configs
 
 
 def model_config(source: str | Path) -> dict[str, Any]:
     """open_clip's model config for a registry name (``"AltCLIP"``) or for a checkpoint folder in the
-    BAAI/transformers layout (the tokenizer is then the folder's)."""
+    BAAI/transformers layout (the tokenizer is then the folder's).
+
+    Raises FileNotFoundError if ``source`` is neither."""
     card = registry.find(str(source))
     if card is not None:
         config = AltCLIPConfig.from_dict(card["architecture"])
-        tokenizer, context_length = card["hub"]["repo_id"], card["tokenizer"]["context_length"]
-    else:
-        folder = Path(source)
-        if not folder.is_dir():
-            raise FileNotFoundError(
-                f"{str(source)!r} is neither an AltCLIP registry name ({', '.join(registry.names())}) "
-                "nor a checkpoint folder"
-            )
-        config = read_config(folder)
-        config.text.transformation_pre = "text_model.transformation_pre.weight" in open_weights(folder).keys()
-        tokenizer, context_length = str(folder.resolve()), DEFAULT_CONTEXT_LENGTH
-    return {
-        "embed_dim": config.projection_dim,
-        "custom_text": True,  # sends create_model to CustomTextCLIP, where the dispatch sits
-        "vision_cfg": {"image_size": config.vision.image_size},
-        "text_cfg": {
-            "context_length": context_length,
-            "vocab_size": config.text.vocab_size,
-            "hf_tokenizer_name": tokenizer,
-        },
-        MARKER: config.to_dict(),
-    }
+        return open_clip_config(config, card["hub"]["repo_id"], card["tokenizer"]["context_length"])
+    folder = Path(source)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"{str(source)!r} is neither an AltCLIP registry name ({', '.join(registry.names())}) "
+            "nor a checkpoint folder"
+        )
+    config = read_config(folder)
+    config.text.transformation_pre = "text_model.transformation_pre.weight" in open_weights(folder).keys()
+    return open_clip_config(config, str(folder.resolve()), DEFAULT_CONTEXT_LENGTH)
 
 
 def _params(item: nn.Module | nn.Parameter) -> list[nn.Parameter]:
@@ -239,61 +227,3 @@ def save_for_open_clip(source: str | Path, folder: str | Path) -> Path:
     tokenizer = HFTokenizer(str(checkpoint), context_length=config["text_cfg"]["context_length"])
     save_for_hf(model, tokenizer, config, folder)
     return Path(folder)
-
-
-def _dispatching(real: type) -> type:
-    class CustomTextCLIP(real):
-        """open_clip's CustomTextCLIP, except that a model config with an ``"altclip"`` key builds AltCLIP."""
-
-        altclip_defers_to = real
-
-        def __new__(cls, *args, **kwargs):
-            if MARKER in kwargs:
-                return AltCLIPOpenCLIP(*args, **kwargs)
-            return real(*args, **kwargs)  # not an instance of cls, so its __init__ is not run twice
-
-    CustomTextCLIP.__module__ = __name__
-    return CustomTextCLIP
-
-
-def _check_open_clip() -> None:
-    """Fail loudly if open_clip no longer has what the registration relies on."""
-    problems = [
-        f"open_clip.factory.{name} is missing"
-        for name in ("_MODEL_CONFIGS", "_rescan_model_configs", "create_model")
-        if not hasattr(factory, name)
-    ]
-    if not isinstance(getattr(factory, "CustomTextCLIP", None), type):
-        problems.append("open_clip.factory.CustomTextCLIP is not a class")
-    elif hasattr(factory, "create_model") and "CustomTextCLIP" not in factory.create_model.__code__.co_names:
-        problems.append("open_clip.factory.create_model no longer looks up CustomTextCLIP when it builds a model")
-    if not isinstance(getattr(pretrained, "_PRETRAINED", None), dict):
-        problems.append("open_clip.pretrained._PRETRAINED is missing")
-    if problems:
-        raise ImportError(
-            f"altclip_adapters cannot register AltCLIP with open_clip {open_clip.__version__}: {'; '.join(problems)}. "
-            "It supports open_clip_torch 3.3; set ALTCLIP_ADAPTERS_NO_AUTOLOAD=1 to import open_clip without AltCLIP."
-        )
-
-
-def register() -> None:
-    """Add ``AltCLIP``, ``AltCLIP-m9`` and ``AltCLIP-m18`` to open_clip: model configs, a ``baai``
-    pretrained tag each (the BAAI hub weights) and the model dispatch. Idempotent."""
-    _check_open_clip()
-    for name, card in registry.cards().items():
-        factory._MODEL_CONFIGS[name] = model_config(name)
-        prep = card["preprocessing"]
-        pretrained._PRETRAINED.setdefault(name, {})[PRETRAINED_TAG] = {
-            "url": "",
-            "hf_hub": f"{card['hub']['repo_id']}/{card['hub']['weights']}",
-            "mean": tuple(prep["mean"]),
-            "std": tuple(prep["std"]),
-            "interpolation": prep["interpolation"],
-            "resize_mode": "shortest",
-        }
-    factory._rescan_model_configs()  # keeps list_models() sorted
-    if not hasattr(factory.CustomTextCLIP, "altclip_defers_to"):
-        factory.CustomTextCLIP = _dispatching(factory.CustomTextCLIP)
-
-
-register()  # importing this adapter is asking for it (the .pth hook does just that)

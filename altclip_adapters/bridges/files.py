@@ -1,16 +1,27 @@
-"""Finding checkpoint folders (local, registry, hub) and reading their weight files lazily."""
+"""Finding checkpoint folders (local, registry, hub), reading their weight files lazily, and what writing
+one needs beyond transformers (the slow-tokenizer files, file modes)."""
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import pickle
+import socket
+import urllib.request
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
-import torch
 from safetensors import SafetensorError, safe_open
 
 from .. import registry
+
+if TYPE_CHECKING:
+    import torch
+
+HUB_PROBE_TIMEOUT = 3.0  # seconds: how long the hub (or the proxy to it) may take to accept a connection
 
 # What a checkpoint folder holds besides its weights (config, tokenizer, preprocessing).
 SMALL_FILES = [
@@ -47,6 +58,8 @@ class Weights:
 
 def _open_file(path: Path):
     """A safetensors handle or a state dict read with ``weights_only=True`` (memory-mapped)."""
+    import torch
+
     try:
         if path.suffix == ".safetensors":
             return safe_open(str(path), framework="pt")
@@ -81,7 +94,18 @@ def open_weights(folder: Path) -> Weights:
 
 
 def resolve_checkpoint(name_or_path: str | Path, *, revision: str | None = None) -> Path:
-    """A local folder for a registry name, a hub repo id or a local folder (returned as is)."""
+    """A local folder for a registry name, a hub repo id or a local folder (returned as is).
+
+    Raises ValueError for a file, FileNotFoundError for anything else that cannot be had (see :func:`download`).
+    """
+    source = checkpoint_source(name_or_path)
+    return source if isinstance(source, Path) else download(source, revision=revision)
+
+
+def checkpoint_source(name_or_path: str | Path) -> Path | str:
+    """The local folder ``name_or_path`` names, or the hub repo id it stands for (a registry name gives its
+    card's repo id); touches no network. Raises ValueError for a file and FileNotFoundError for a string that
+    is none of these."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
@@ -94,21 +118,152 @@ def resolve_checkpoint(name_or_path: str | Path, *, revision: str | None = None)
             f"{str(name_or_path)!r} is not a local folder, a registry name ({', '.join(registry.names())}) "
             "or a Hugging Face hub id"
         )
-    return download(repo_id, revision=revision)
+    return repo_id
+
+
+def hub_unreachable(endpoint: str | None = None, timeout: float = HUB_PROBE_TIMEOUT) -> str | None:
+    """None when a TCP connection to the hub opens within ``timeout`` seconds, else why not (a few words).
+
+    ``endpoint`` defaults to huggingface_hub's (``HF_ENDPOINT``); when the environment names a proxy for it
+    (``HTTPS_PROXY`` etc., honouring ``NO_PROXY``), the proxy is what is tried. huggingface_hub itself retries a
+    failed connection with back-off for ~15-50 s before it falls back to its cache; this probe lets a caller
+    decide in at most ``timeout`` seconds.
+    """
+    if endpoint is None:
+        from huggingface_hub import constants
+
+        endpoint = constants.ENDPOINT
+    url = urlsplit(endpoint)
+    proxy = urllib.request.getproxies().get(url.scheme)
+    if proxy and not urllib.request.proxy_bypass(url.hostname or ""):
+        url = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    address = (url.hostname or "", url.port or (443 if url.scheme == "https" else 80))
+    try:
+        socket.create_connection(address, timeout=timeout).close()
+    except OSError as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        return f"{address[0]}:{address[1]}: {reason}"
+    return None
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (huggingface_hub's span several)."""
+    return " ".join(str(error).split())
 
 
 def download(repo_id: str, *, revision: str | None = None) -> Path:
-    """The hub snapshot of ``repo_id`` with its config, tokenizer, preprocessing and one weight format."""
-    from huggingface_hub import snapshot_download
+    """The hub snapshot of ``repo_id`` with its config, tokenizer, preprocessing and one weight format.
+
+    Reads the local Hugging Face cache without asking the hub when ``HF_HUB_OFFLINE=1`` is set or when the hub
+    does not accept a connection within ``HUB_PROBE_TIMEOUT`` seconds (:func:`hub_unreachable`). Raises
+    FileNotFoundError, in one line saying what to do, when the snapshot can be had neither way.
+    """
+    from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    unreachable = None if constants.HF_HUB_OFFLINE else hub_unreachable()
+    cache_only = constants.HF_HUB_OFFLINE or unreachable is not None
     try:
         for weights in ("model*.safetensors", "pytorch_model*.bin"):
-            folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=SMALL_FILES + [weights]))
+            patterns = SMALL_FILES + [weights]
+            folder = snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=cache_only)
+            folder = Path(folder)
             if any(folder.glob(weights)):
                 return folder
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
+    except LocalEntryNotFoundError as e:
+        if not cache_only:
+            raise FileNotFoundError(f"could not get {repo_id!r} from the Hugging Face hub: {one_line(e)}") from e
+        why = "HF_HUB_OFFLINE=1 is set" if unreachable is None else f"the hub is out of reach ({unreachable})"
         raise FileNotFoundError(
-            f"could not get {repo_id!r} from the Hugging Face hub (revision {revision or 'main'}): {e}"
+            f"{repo_id} (revision {revision or 'main'}) is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
+            f"and {why}: pass a local checkpoint folder instead, or download it once where the hub is reachable "
+            f"(`hf download {repo_id}`, then copy the cache or set HF_HOME to it)"
+            + ("" if unreachable is None else "; HF_HUB_OFFLINE=1 makes the Hugging Face libraries skip the hub")
+        ) from e
+    except (HfHubHTTPError, OSError) as e:
+        raise FileNotFoundError(
+            f"could not get {repo_id!r} from the Hugging Face hub (revision {revision or 'main'}): {one_line(e)}"
         ) from e
     raise FileNotFoundError(f"the hub repo {repo_id!r} has no model.safetensors or pytorch_model.bin")
+
+
+# Writing folders -----------------------------------------------------------------------------------
+SENTENCEPIECE_MODEL = "sentencepiece.bpe.model"
+
+
+def honour_umask(path: Path) -> None:
+    """Give a file we wrote the mode a plain ``open()`` gives: 0o666 less the process umask.
+
+    safetensors 0.8 writes every file with mode 0600 (a private temporary file renamed into place), whatever
+    the umask, which breaks sharing a checkpoint folder. Reading the umask means setting it; pip does the same.
+    """
+    umask = os.umask(0o022)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
+
+
+def write_slow_tokenizer_files(tokenizer, folder: Path) -> None:
+    """Write ``sentencepiece.bpe.model`` and ``special_tokens_map.json`` beside the ``tokenizer.json`` that
+    transformers 5 writes: the rest of the BAAI/AltCLIP tokenizer file set, which slow (sentencepiece)
+    tokenizers, transformers 4's ``XLMRobertaTokenizer`` and FlagAI read.
+
+    The sentencepiece model is the file the tokenizer was loaded from (transformers keeps its path as
+    ``vocab_file``) or, for a tokenizer loaded without one, rebuilt from its unigram vocabulary and
+    normalizer (:func:`sentencepiece_model`). Raises ValueError for a tokenizer that is not XLM-R's kind.
+    """
+    source = getattr(tokenizer, "vocab_file", None)
+    target = folder / SENTENCEPIECE_MODEL
+    if source and Path(source).is_file():
+        if Path(source).resolve() != target.resolve():
+            target.write_bytes(Path(source).read_bytes())
+    else:
+        target.write_bytes(sentencepiece_model(tokenizer))
+    special = {str(token): token for token in tokenizer.added_tokens_decoder.values()}
+
+    def entry(token: str):
+        added = special.get(token)
+        if added is None or not (added.lstrip or added.rstrip or added.single_word):
+            return token
+        return {"content": token, "lstrip": added.lstrip, "normalized": added.normalized, "rstrip": added.rstrip,
+                "single_word": added.single_word}
+
+    tokens = {name: entry(token) for name, token in tokenizer.special_tokens_map.items()}
+    (folder / "special_tokens_map.json").write_text(json.dumps(tokens, indent=2, ensure_ascii=False) + "\n")
+
+
+def sentencepiece_model(tokenizer) -> bytes:
+    """A serialised sentencepiece ``ModelProto`` equal in effect to an XLM-R fast tokenizer: its unigram pieces
+    and scores in sentencepiece's order (``<unk>``, ``<s>``, ``</s>``, then the pieces; the fast tokenizer's
+    fairseq order is ``<s>``, ``<pad>``, ``</s>``, ``<unk>``, the pieces, ``<mask>``), and its precompiled
+    normalisation map. The inverse of transformers' ``SentencePieceExtractor``; raises ValueError for a
+    tokenizer of another layout.
+    """
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    vocab = [entry[0] for entry in spec["model"]["vocab"]] if spec["model"]["type"] == "Unigram" else []
+    fairseq = [tokenizer.bos_token, tokenizer.pad_token, tokenizer.eos_token, tokenizer.unk_token]
+    if vocab[:4] != fairseq or vocab[-1:] != [tokenizer.mask_token]:
+        raise ValueError(
+            f"cannot write {SENTENCEPIECE_MODEL} for this tokenizer: expected an XLM-R unigram vocabulary "
+            f"({', '.join(map(str, fairseq))}, pieces, {tokenizer.mask_token}); got {type(tokenizer).__name__}"
+        )
+    normalizers = spec.get("normalizer") or {}
+    normalizers = normalizers.get("normalizers", []) if normalizers.get("type") == "Sequence" else [normalizers]
+    charsmap = next((n["precompiled_charsmap"] for n in normalizers if n.get("type") == "Precompiled"), "")
+
+    piece = pb.ModelProto.SentencePiece
+    model = pb.ModelProto()
+    model.pieces.add(piece=tokenizer.unk_token, score=0.0, type=piece.UNKNOWN)
+    model.pieces.add(piece=tokenizer.bos_token, score=0.0, type=piece.CONTROL)
+    model.pieces.add(piece=tokenizer.eos_token, score=0.0, type=piece.CONTROL)
+    for token, score in spec["model"]["vocab"][4:-1]:
+        model.pieces.add(piece=token, score=score, type=piece.NORMAL)
+    trainer, normalizer = model.trainer_spec, model.normalizer_spec
+    trainer.model_type, trainer.vocab_size = pb.TrainerSpec.UNIGRAM, len(model.pieces)
+    trainer.unk_id, trainer.bos_id, trainer.eos_id, trainer.pad_id = 0, 1, 2, -1
+    normalizer.name = "nmt_nfkc" if charsmap else "identity"  # the charsmap, when there is one, is what applies
+    normalizer.precompiled_charsmap = base64.b64decode(charsmap)
+    normalizer.add_dummy_prefix = bool(getattr(tokenizer, "add_prefix_space", True))
+    normalizer.remove_extra_whitespaces = normalizer.escape_whitespaces = True
+    return model.SerializeToString()

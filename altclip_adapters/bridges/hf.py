@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from ..config import AltCLIPConfig
 from ..core.model import AltCLIP
-from .files import open_weights
+from .files import honour_umask, open_weights
 from .mapping import Rule, export_state_dict, import_state_dict, rule
 
 V = "vision_model.encoder.layers.{n}"
@@ -111,9 +111,10 @@ def build_from_weights(config, table, keys, weights, *, device=None, dtype=None)
 
 
 def save_hf_checkpoint(model: AltCLIP, folder: str | Path) -> None:
-    """Write config.json and model.safetensors in the BAAI/AltCLIP layout."""
+    """Write config.json and model.safetensors in the BAAI/AltCLIP layout (file modes follow the umask)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(model.config.to_hf(), indent=2) + "\n")
     state = export_state_dict(HF_TABLE, {k: v.detach().cpu() for k, v in model.state_dict().items()})
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    honour_umask(folder / "model.safetensors")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import registry
-from ._common import load_embedder, model_options, warn
+from ._common import command_parser, load_embedder, model_options, warn
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -37,25 +37,29 @@ def demo_images() -> dict[str, Image.Image]:
 
 
 def run(args: argparse.Namespace) -> None:
-    import torch
+    from ..bridges.files import checkpoint_source, download
 
-    from ..bridges.files import resolve_checkpoint
-    from ..tiny import make_checkpoint
-
-    model, label = args.model, args.model
+    source = checkpoint_source(args.model)  # a bad name or path fails here, before torch is imported
     with tempfile.TemporaryDirectory() as tmp:
-        if not Path(model).expanduser().exists() and registry.find(model) is not None:
+        model, banner = args.model, None
+        if isinstance(source, str) and registry.find(args.model) is not None:
             try:
-                resolve_checkpoint(model)
-            except FileNotFoundError:
-                warn(f"{model} weights are not cached and the hub is out of reach; running on a RANDOM tiny checkpoint")
-                model, label = str(make_checkpoint(Path(tmp) / "tiny", "tiny")), "random tiny checkpoint (meaningless probabilities)"
+                model = str(download(source))
+            except FileNotFoundError as e:
+                from ..tiny import RANDOM_WEIGHTS_BANNER, make_checkpoint
+
+                warn(f"{e}; running on a RANDOM tiny checkpoint instead")
+                model, banner = str(make_checkpoint(Path(tmp) / "tiny", "tiny")), RANDOM_WEIGHTS_BANNER
+        import torch
+
         embedder = load_embedder(model, args)
         images = demo_images()
         image_emb = embedder.images(list(images.values()))
         text_emb = {language: embedder.texts(labels) for language, labels in DEMO_LABELS.items()}
         scale = embedder.model.logit_scale.exp().float().item()
-        print(f"zero-shot classification with {label}")
+        if banner:
+            print(banner)
+        print(f"zero-shot classification with {'a random tiny checkpoint' if banner else args.model}")
         for row, name in enumerate(images):
             print(f"image: {name}")
             for language, labels in DEMO_LABELS.items():
@@ -64,6 +68,12 @@ def run(args: argparse.Namespace) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    demo = sub.add_parser("demo", help="zero-shot probabilities for generated images, labels in English, Chinese, Japanese")
-    model_options(demo)
+    demo = command_parser(
+        sub, "demo", "zero-shot probabilities for three drawn shapes, labels in English, Chinese and Japanese",
+        [
+            "altclip demo                        # BAAI/AltCLIP (downloads ~3.5 GB once; offline: a random tiny model)",
+            "altclip demo --model AltCLIP-m18 --device cpu",
+        ],
+    )
+    model_options(demo, bulk=False)
     demo.set_defaults(func=run)

@@ -12,7 +12,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._common import CLIError, image_options, load_embedder, model_options, model_reference, warn
+from . import _folder
+from ._common import (
+    CLIError,
+    Interrupted,
+    check_model,
+    command_parser,
+    image_options,
+    load_embedder,
+    model_options,
+    model_reference,
+    warn,
+)
 
 OUTPUT_SUFFIXES = (".npy", ".parquet")
 FLUSH_ITEMS, FLUSH_SECONDS = 4096, 60.0  # a partial run keeps at most this much unsaved work
@@ -21,27 +32,22 @@ if TYPE_CHECKING:
     import numpy as np
 
 
-def read_inputs(paths: Sequence[str]) -> tuple[str, list[str], list]:
-    """(modality, ids, items): the non-empty lines of .txt files, or the image files among ``paths``."""
-    from ..pipeline import find_images
+def read_inputs(paths: Sequence[str]) -> tuple[str, list[str], list, list[str]]:
+    """(modality, ids, items, left out): the non-blank lines of .txt files, or the image files among ``paths``;
+    "left out" says what was skipped before embedding, for the summary (e.g. "2 blank lines skipped")."""
+    from ..inputs import find_images, read_text_lines
 
     texts = [Path(p) for p in paths if Path(p).suffix.lower() == ".txt"]
     if texts and len(texts) != len(paths):
         raise CLIError("give either .txt files (one text per line) or images and folders, not both")
     if not texts:
         images = find_images(paths)
-        return "image", [str(p) for p in images], images
-    lines = []
-    for path in texts:
-        if not path.is_file():
-            raise FileNotFoundError(f"no such file: {path}")
-        try:
-            lines += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except UnicodeDecodeError as e:
-            raise CLIError(f"{path} is not UTF-8 text: {e}") from e
-    if not lines:
+        return "image", [str(p) for p in images], images, []
+    found = read_text_lines(texts)
+    if not found.lines:
         raise CLIError(f"no text lines in {', '.join(map(str, texts))}")
-    return "text", lines, lines
+    left_out = [f"{found.blank} blank line{'s' * (found.blank != 1)} skipped"] if found.blank else []
+    return "text", found.lines, found.lines, left_out
 
 
 class PartialRun:
@@ -129,11 +135,19 @@ def run(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     out = Path(args.out)
+    if _folder.is_folder(out):
+        return _folder.run(args, out)
     if out.suffix not in OUTPUT_SUFFIXES:
-        raise CLIError(f"--out must end in .npy or .parquet; got {out.name}")
+        raise CLIError(f"--out must end in .npy or .parquet, or name a folder (no suffix); got {out.name}")
+    if args.ray is not None:
+        raise CLIError("--ray writes an embedding folder: give --out DIR (a name without a suffix)")
+    if any(Path(p).suffix.lower() in (".tar", ".parquet") or "{" in p for p in args.paths):
+        raise CLIError(".tar and .parquet shards (webdataset, img2dataset) are embedded into a folder: "
+                       "give --out DIR (a name without a suffix)")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"the folder for --out does not exist: {out.parent}")
-    modality, ids, items = read_inputs(args.paths)
+    modality, ids, items, left_out = read_inputs(args.paths)
+    check_model(args.model)
     fingerprint = hashlib.sha256("\n".join(ids).encode()).hexdigest()
     meta = {"model": model_reference(args.model), "modality": modality}
     run = PartialRun(out, {**meta, "count": len(ids), "fingerprint": fingerprint})
@@ -143,26 +157,42 @@ def run(args: argparse.Namespace) -> None:
         warn(f"resuming: {len(done)} of {len(ids)} embeddings already in {run.folder}")
     skipped = 0
     if todo:
-        embedder = load_embedder(args.model, args)
-        positions, chunks, last = [], [], time.monotonic()
-        unit = "img" if modality == "image" else "text"
-        with tqdm(total=len(todo), unit=unit, disable=args.quiet, file=sys.stderr) as bar:
-            if modality == "text":
-                batches = ((idx, emb, []) for idx, emb in embedder.iter_texts([items[i] for i in todo]))
-            else:
-                batches = ((b.indices, b.embeddings, b.errors) for b in embedder.iter_images([items[i] for i in todo]))
-            for indices, embeddings, errors in batches:
-                for _, message in errors:
-                    bar.clear()
-                    warn(f"skipped unreadable image: {message}")
-                skipped += len(errors)
-                positions += [todo[i] for i in indices]
-                chunks.append(embeddings.numpy())
-                bar.update(len(indices) + len(errors))
-                if len(positions) >= FLUSH_ITEMS or time.monotonic() - last > FLUSH_SECONDS:
-                    run.save(positions, chunks)
-                    positions, chunks, last = [], [], time.monotonic()
-        run.save(positions, chunks)
+        saved = len(done)
+        pending: list[tuple[list[int], np.ndarray]] = []  # one append per batch: a Ctrl-C never splits one
+
+        def flush() -> None:
+            nonlocal saved
+            batches = pending.copy()
+            pending.clear()
+            run.save([p for positions, _ in batches for p in positions], [emb for _, emb in batches])
+            saved += sum(len(positions) for positions, _ in batches)
+
+        try:
+            embedder = load_embedder(args.model, args)
+            last = time.monotonic()
+            unit = "img" if modality == "image" else "text"
+            with tqdm(total=len(todo), unit=unit, disable=args.quiet, file=sys.stderr) as bar:
+                if modality == "text":
+                    batches = ((idx, emb, []) for idx, emb in embedder.iter_texts([items[i] for i in todo]))
+                else:
+                    batches = ((b.indices, b.embeddings, b.errors) for b in embedder.iter_images([items[i] for i in todo]))
+                for indices, embeddings, errors in batches:
+                    for _, message in errors:
+                        bar.clear()
+                        warn(f"skipped unreadable image: {message}")
+                    skipped += len(errors)
+                    pending.append(([todo[i] for i in indices], embeddings.numpy()))
+                    bar.update(len(indices) + len(errors))
+                    if sum(len(p) for p, _ in pending) >= FLUSH_ITEMS or time.monotonic() - last > FLUSH_SECONDS:
+                        flush()
+                        last = time.monotonic()
+            flush()
+        except KeyboardInterrupt:
+            flush()
+            raise Interrupted(
+                f"interrupted: {saved} of {len(ids)} {modality} embeddings saved in {run.folder}; "
+                "run the same command to resume"
+            ) from None
         done = run.done()
     if not done:
         run.remove()
@@ -170,17 +200,29 @@ def run(args: argparse.Namespace) -> None:
     kept = sorted(done)
     write_index(out, [ids[i] for i in kept], np.stack([done[i] for i in kept]), meta)
     run.remove()
-    note = f"; {skipped} unreadable images skipped (listed above)" if skipped else ""
-    print(f"wrote {len(kept)} {modality} embeddings to {out}{note}")
-
-
+    if skipped:
+        left_out.append(f"{skipped} unreadable image{'s' * (skipped != 1)} skipped (listed above)")
+    print(f"wrote {len(kept)} {modality} embeddings to {out}" + "".join(f"; {note}" for note in left_out))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    embed = sub.add_parser("embed", help="embed images (files, folders) or texts (.txt, one per line) into an index")
-    embed.add_argument("paths", nargs="+", metavar="PATH")
-    embed.add_argument("--out", required=True, help="FILE.npy (+ FILE.ids.json) or FILE.parquet")
+    embed = command_parser(
+        sub, "embed", "embed images (files, folders) or texts (.txt files, one text per line) into an index file",
+        [
+            "altclip embed photos/ more/cat.jpg --out photos.parquet    # images, folders searched recursively",
+            "altclip embed captions.txt --out captions.npy --model AltCLIP-m18    # writes captions.ids.json too",
+        ],
+    )
+    embed.epilog += (
+        f"\n\nProgress is saved in OUT.parts/ every {FLUSH_ITEMS} items or {FLUSH_SECONDS:.0f} s and on Ctrl-C: run "
+        "the same command again to resume.\nUnreadable images and blank lines are skipped, and the summary counts them."
+    )
+    embed.add_argument("paths", nargs="+", metavar="PATH",
+                       help="image files and folders (searched recursively), or .txt files (one text per line)")
+    embed.add_argument("--out", required=True,
+                       help="FILE.npy (float32 [N, D], ids in FILE.ids.json) or FILE.parquet (columns id, embedding)")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
     model_options(embed)
     image_options(embed)
+    _folder.add_arguments(embed)
     embed.set_defaults(func=run)

@@ -96,7 +96,10 @@ class AltCLIP(nn.Module):
     def encode_text(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, normalize: bool = False
     ) -> torch.Tensor:
-        """Text embeddings [B, projection_dim]; ``attention_mask`` defaults to ``input_ids != pad``."""
+        """Text embeddings [B, projection_dim]; ``attention_mask`` defaults to ``input_ids != pad``.
+        An empty batch (B = 0) gives [0, projection_dim]."""
+        if input_ids.shape[0] == 0:  # the encoder cannot reshape an empty batch (transformers' neither)
+            return torch.zeros(0, self.config.projection_dim, dtype=self.dtype, device=self.device)
         pooled, _, _ = self.text(input_ids, attention_mask)
         features = self.text_projection(pooled)
         return F.normalize(features, dim=-1) if normalize else features
@@ -104,7 +107,9 @@ class AltCLIP(nn.Module):
     def encode_image(
         self, pixel_values: torch.Tensor, *, normalize: bool = False, interpolate_pos_encoding: bool = False
     ) -> torch.Tensor:
-        """Image embeddings [B, projection_dim]."""
+        """Image embeddings [B, projection_dim]; an empty batch (B = 0) gives [0, projection_dim]."""
+        if pixel_values.shape[0] == 0:
+            return torch.zeros(0, self.config.projection_dim, dtype=self.dtype, device=self.device)
         pooled = self.vision.pool(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         features = self.visual_projection(pooled)
         return F.normalize(features, dim=-1) if normalize else features

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import IO
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..core import AltCLIP
-from ..processor import AltCLIPProcessor, ImageInput, load_image
+from ..processor import AltCLIPProcessor, ImageInput, as_list, load_image
 
 ImageLike = ImageInput | IO[bytes]  # paths, PIL images, uint8 arrays, or open binary files such as BytesIO
 
@@ -21,13 +21,12 @@ def default_device() -> str:
 
 
 def _pil(image: ImageLike, index: int) -> Image.Image:
-    """An RGB image from anything ``load_image`` takes or from an open binary file (BytesIO)."""
-    if hasattr(image, "read"):
-        try:
-            image = Image.open(image)
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"image {index} ({type(image).__name__}) is not a readable image: {e}") from e
-    return load_image(image)
+    """An upright RGB image from anything :func:`~altclip_adapters.images.load_image` takes (paths, bytes,
+    BytesIO, data URIs, URLs, PIL images, uint8 arrays), by its rules; errors name the image's position."""
+    try:
+        return load_image(image)
+    except (ValueError, TypeError) as e:  # a missing file's FileNotFoundError names it already
+        raise type(e)(f"image {index}: {e}") from e
 
 
 class Embedder:
@@ -58,8 +57,9 @@ class Embedder:
         self._lock = threading.Lock()
 
     def embed_texts(self, texts: Sequence[str], *, batch_size: int) -> list[list[float]]:
-        """One unit vector per text; texts longer than ``processor.context_length`` tokens are truncated."""
-        texts = _non_empty(texts, "texts")
+        """One unit vector per text; texts longer than ``processor.context_length`` tokens are truncated.
+        An empty list gives ``[]``; TypeError for anything but a list of strings."""
+        texts = as_list(texts, "texts")
         check_batch_size(batch_size)
         out = []
         for start in range(0, len(texts), batch_size):
@@ -70,8 +70,8 @@ class Embedder:
         return out
 
     def embed_images(self, images: Sequence[ImageLike], *, batch_size: int) -> list[list[float]]:
-        """One unit vector per image (file path, BytesIO, PIL image or uint8 array)."""
-        images = _non_empty(images, "images")
+        """One unit vector per image (file path, BytesIO, PIL image or uint8 array); ``[]`` for none."""
+        images = as_list(images, "images")
         check_batch_size(batch_size)
         transform = self.processor.image_transform
         out = []
@@ -82,14 +82,6 @@ class Embedder:
                 pixels = pixels.to(self.model.device, self.model.dtype)
                 out += self.model.encode_image(pixels, normalize=True).float().tolist()
         return out
-
-
-def _non_empty(items: Sequence, what: str) -> list:
-    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
-        raise TypeError(f"{what} must be a list; got {type(items).__name__}")
-    if len(items) == 0:
-        raise ValueError(f"no {what} given: pass a non-empty list")
-    return list(items)
 
 
 def check_batch_size(batch_size: int) -> int:

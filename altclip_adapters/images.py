@@ -1,0 +1,321 @@
+"""The one loader through which every image enters the package, with one set of rules.
+
+``load_image`` turns any supported input into an upright 8-bit RGB PIL image:
+
+- **Orientation.** Every encoded form (path, ``Path``, bytes, binary file object, ``data:`` URI, http(s)
+  URL) is turned upright by its EXIF Orientation tag (all 8 values, ``PIL.ImageOps.exif_transpose``), as
+  transformers' file decoding and ``transformers.image_utils.load_image`` do. A PIL image or an array the
+  caller decoded is used as given, as transformers' processors do.
+- **Transparency.** Alpha is dropped and the stored colours kept (``Image.convert("RGB")``) for every form
+  and mode (RGBA, LA, PA, P with a transparency key): what transformers' file decoding (torchvision), OpenAI
+  CLIP's and open_clip's ``_convert_to_rgb`` do, so a path gives the same pixels here and in a
+  sentence-transformers-native export. transformers composites *PIL images* onto white instead.
+- **Bit depth.** 16-bit samples (modes I;16, I;16L, I;16B, I;16N) keep their high byte (``v >> 8``), as
+  Pillow itself decodes 16-bit RGB, RGBA and LA PNGs and as torchvision's ``to_dtype(uint16 -> uint8,
+  scale=True)`` does; mode I (32-bit integers, in practice 16-bit data) is clipped to 0..65535 first. Mode F
+  keeps PIL's own scale (values are 8-bit levels: clipped to 0..255, fraction dropped, NaN -> 0, as
+  ``convert("L")``). Every other mode goes through ``convert("RGB")`` (1, L, P, CMYK, YCbCr, ...).
+- **Size.** An encoded image with more than ``max_image_pixels`` pixels (header size, checked before any
+  pixel is decoded) is unreadable; PIL's own decompression-bomb limit is replaced by this one, without
+  changing ``PIL.Image.MAX_IMAGE_PIXELS`` for the process.
+- **Errors.** Any failure to open or decode one image, whatever PIL raises, is an ``UnreadableImageError``
+  (a ``ValueError``) naming the source; a missing file is a ``FileNotFoundError`` naming the path; an
+  unsupported input type is a ``TypeError`` naming the type.
+
+Multi-frame files (GIF, APNG, TIFF pages) give their first frame.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+import struct
+import sys
+import urllib.parse
+from typing import IO, TYPE_CHECKING, Union
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:  # numpy and torch are imported where needed: the CLI reads this module's settings cheaply
+    import numpy as np
+    import torch
+
+ImageInput = Union[Image.Image, str, os.PathLike, bytes, bytearray, memoryview, IO[bytes], "np.ndarray", "torch.Tensor"]
+
+DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
+"""Where plain PIL refuses an image (2 x its default ``Image.MAX_IMAGE_PIXELS``): 108 MP phone photos load,
+a 14,000 x 13,000 PNG does not. About 540 MB once decoded to RGB."""
+
+URL_TIMEOUT_S = 30
+MAX_URL_BYTES = 100_000_000  # a larger download is refused before it fills memory
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+EXIF_ORIENTATION = 0x0112
+
+
+class UnreadableImageError(ValueError):
+    """One image that cannot be opened or decoded; the message names its source (path, URL, ...)."""
+
+
+def load_image(
+    image: ImageInput,
+    *,
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    allow_urls: bool = True,
+    draft: int | None = None,
+) -> Image.Image:
+    """An upright 8-bit RGB PIL image from any supported input, by the rules in this module's docstring.
+
+    ``image``: a file path (``str`` or ``os.PathLike``), ``bytes`` / ``bytearray`` / ``memoryview`` of an
+    encoded file, a binary file object (``BytesIO``, an open file), a ``data:`` URI, an ``http(s)://`` URL
+    (fetched with a 30 s timeout and a 100 MB cap, only when ``allow_urls``), a PIL image, or a uint8
+    ``numpy`` array / ``torch`` tensor of shape HxW, HxWxC or CxHxW with C in 1, 3, 4 (a 4th channel is
+    alpha, dropped). ``max_image_pixels``: the largest width x height read from an encoded form; ``None``
+    for no limit. ``draft``: decode JPEGs at the coarsest DCT scale (1/2, 1/4 or 1/8, libjpeg's reduced
+    decoding through ``PIL.Image.draft``) that keeps the shortest edge at least ``draft`` pixels, for callers
+    that downscale anyway (an approximation of the full decode: off by default; see benchmarks/decode.py).
+
+    Raises ``UnreadableImageError`` (a ``ValueError``) naming the source for any open or decode failure,
+    ``FileNotFoundError`` for a missing file, ``TypeError`` for an unsupported type or array dtype,
+    ``ValueError`` for an array of unsupported shape or a URL when ``allow_urls`` is false. An RGB PIL
+    image is returned as given (not copied).
+    """
+    check_max_image_pixels(max_image_pixels)
+    if isinstance(image, Image.Image):
+        return _convert(image, describe(image))
+    if _is_array(image):
+        return _convert(_from_array(image), describe(image))
+    source, file, owned = _open_source(image, allow_urls)
+    try:
+        return _decode(file, source, max_image_pixels, draft)
+    finally:
+        if owned:
+            file.close()
+
+
+def check_max_image_pixels(max_image_pixels: int | None) -> int | None:
+    """``max_image_pixels`` itself when it is a positive integer or None; else ValueError."""
+    if max_image_pixels is not None and (
+        isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, int) or max_image_pixels < 1
+    ):
+        raise ValueError(f"max_image_pixels must be a positive integer or None; got {max_image_pixels!r}")
+    return max_image_pixels
+
+
+def is_one_image(item: object) -> bool:
+    """Whether ``item`` is one image input (a string, path, bytes, file, PIL image or array), not a list of them."""
+    return isinstance(item, (Image.Image, str, os.PathLike, bytes, bytearray, memoryview)) or _is_array(item) or hasattr(item, "read")
+
+
+def describe(image: object) -> str:
+    """A short name for one image input, for error messages: its path or URL, or its kind and size."""
+    if isinstance(image, Image.Image):
+        return f"PIL image {image.width}x{image.height} ({image.mode})"
+    if _is_array(image):
+        return f"{type(image).__name__} of shape {tuple(image.shape)} and dtype {image.dtype}"
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return f"{type(image).__name__} ({_size(len(image))})"
+    if isinstance(image, str) and image[:5].lower() == "data:":
+        return f"data URI ({_size(len(image))})"
+    if isinstance(image, (str, os.PathLike)):
+        text = os.fspath(image)
+        return text if len(text) <= 200 else text[:197] + "..."
+    name = getattr(image, "name", None)
+    return f"file {name}" if isinstance(name, str) else type(image).__name__
+
+
+def jpeg_orientation(data: bytes, *, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> int | None:
+    """The EXIF orientation (1-8) of ``data`` when it is a whole YCbCr or greyscale JPEG within the pixel
+    limit, the files that torchvision's ``decode_jpeg`` (nvJPEG on a GPU) decodes to ``load_image``'s pixels
+    once :func:`orient` is applied; ``None`` for anything else, which must go through :func:`load_image`: CMYK,
+    other formats, too large, unreadable, or not ending with the JPEG end marker (a truncated file, which a
+    lenient decoder might fill in, or a motion photo's appended video). Reads the header only."""
+    if not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        return None
+    try:
+        with _open(io.BytesIO(data)) as header:
+            pixels = header.width * header.height
+            if header.format != "JPEG" or header.mode not in ("RGB", "L"):
+                return None
+            if max_image_pixels is not None and pixels > max_image_pixels:
+                return None
+            orientation = header.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 (whatever the header's problem, load_image reports it)
+        return None
+    return orientation if orientation in range(1, 9) else 1
+
+
+def orient(pixels: torch.Tensor, orientation: int) -> torch.Tensor:
+    """Pixels [..., H, W] turned upright by an EXIF orientation (1-8; others leave them as they are), on
+    whatever device they are: what ``PIL.ImageOps.exif_transpose`` does to a PIL image."""
+    if orientation == 2:
+        return pixels.flip(-1)
+    if orientation == 3:
+        return pixels.flip((-2, -1))
+    if orientation == 4:
+        return pixels.flip(-2)
+    if orientation == 5:
+        return pixels.transpose(-2, -1)
+    if orientation == 6:
+        return pixels.rot90(-1, (-2, -1))
+    if orientation == 7:
+        return pixels.transpose(-2, -1).flip((-2, -1))
+    if orientation == 8:
+        return pixels.rot90(1, (-2, -1))
+    return pixels
+
+
+def _is_tensor(image: object) -> bool:
+    torch = sys.modules.get("torch")  # a tensor cannot exist unless torch is imported
+    return torch is not None and isinstance(image, torch.Tensor)
+
+
+def _is_array(image: object) -> bool:
+    numpy = sys.modules.get("numpy")  # likewise for numpy arrays
+    return (numpy is not None and isinstance(image, numpy.ndarray)) or _is_tensor(image)
+
+
+def _size(count: int) -> str:
+    return f"{count} B" if count < 1000 else f"{count / 1e3:.1f} kB" if count < 1e6 else f"{count / 1e6:.1f} MB"
+
+
+def _from_array(image) -> Image.Image:
+    """A PIL image of a uint8 array or tensor: HxW, HxWxC or CxHxW, C in 1, 3, 4."""
+    import numpy as np
+
+    array = image.detach().cpu().numpy() if _is_tensor(image) else image
+    if array.dtype != np.uint8:
+        raise TypeError(f"image arrays must hold uint8 pixels (0-255); got dtype {array.dtype}")
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = array.transpose(1, 2, 0)  # CHW -> HWC
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 3, 4))):
+        raise ValueError(f"image arrays must be HxW, HxWxC or CxHxW with 1, 3 or 4 channels; got shape {array.shape}")
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def _open_source(image: object, allow_urls: bool) -> tuple[str, IO[bytes], bool]:
+    """(description, seekable binary file, whether that file is ours to close) of an encoded image."""
+    source = describe(image)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return source, io.BytesIO(image), True
+    if isinstance(image, str) and image[:5].lower() == "data:":
+        return source, io.BytesIO(_data_uri_bytes(image, source)), True
+    if isinstance(image, str) and image[:8].lower().startswith(("http://", "https://")):
+        if not allow_urls:
+            raise ValueError(f"image URLs are not fetched here: {source}")
+        return source, io.BytesIO(_fetch(image, source)), True
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            return source, open(image, "rb"), True  # closed by load_image
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"image file not found: {source}") from e
+        except OSError as e:
+            raise UnreadableImageError(f"cannot read {source} as an image: {e.strerror or e}") from e
+    if isinstance(image, io.TextIOBase):
+        raise TypeError(f"image files must be opened in binary mode ('rb'); got a text file ({source})")
+    if hasattr(image, "read"):
+        try:
+            if image.seekable():
+                return source, image, False
+            return source, io.BytesIO(image.read()), True
+        except Exception as e:
+            raise UnreadableImageError(f"cannot read {source} as an image: {e}") from e
+    raise TypeError(
+        f"expected an image (file path, bytes, binary file, data: URI, URL, PIL image, or uint8 array/tensor); "
+        f"got {type(image).__name__}"
+    )
+
+
+def _data_uri_bytes(uri: str, source: str) -> bytes:
+    """The payload of an RFC 2397 ``data:[<type>][;base64],<data>`` URI."""
+    header, comma, payload = uri.partition(",")
+    if not comma:
+        raise UnreadableImageError(f"{source} has no ',' between its header and its data")
+    try:
+        if header.lower().endswith(";base64"):
+            return base64.b64decode(payload.strip(), validate=True)
+        return urllib.parse.unquote_to_bytes(payload)
+    except (binascii.Error, ValueError) as e:
+        raise UnreadableImageError(f"{source} is not valid base64: {e}") from e
+
+
+def _fetch(url: str, source: str) -> bytes:
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"User-Agent": "altclip-adapters"})
+    try:
+        with urllib.request.urlopen(request, timeout=URL_TIMEOUT_S) as response:
+            data = response.read(MAX_URL_BYTES + 1)
+    except Exception as e:
+        raise UnreadableImageError(f"cannot fetch {source}: {e}") from e
+    if len(data) > MAX_URL_BYTES:
+        raise UnreadableImageError(f"{source} is over {MAX_URL_BYTES:,} bytes")
+    return data
+
+
+def _open(file: IO[bytes]) -> Image.Image:
+    """``Image.open`` (header only), with PIL's decompression-bomb refusal replaced by the caller's
+    ``max_image_pixels`` check: past PIL's limit, the same plugin search runs without PIL's check."""
+    try:
+        return Image.open(file)
+    except Image.DecompressionBombError:
+        pass
+    Image.init()
+    file.seek(0)
+    prefix = file.read(16)
+    for format in Image.ID:
+        factory, accept = Image.OPEN[format]
+        accepted = accept(prefix) if accept else True
+        if accepted and not isinstance(accepted, str):
+            file.seek(0)
+            try:
+                return factory(file, "")
+            except (SyntaxError, IndexError, TypeError, struct.error):
+                continue
+    raise UnidentifiedImageError("cannot identify image file")
+
+
+def _decode(file: IO[bytes], source: str, max_image_pixels: int | None, draft: int | None = None) -> Image.Image:
+    try:
+        image = _open(file)
+        pixels = image.width * image.height
+        if max_image_pixels is not None and pixels > max_image_pixels:
+            raise UnreadableImageError(
+                f"{source} has {pixels:,} pixels, over the limit of {max_image_pixels:,}; "
+                "raise max_image_pixels / --max-image-pixels to read it"
+            )
+        if draft is not None and image.format == "JPEG":
+            shortest = min(image.size)
+            scale = next(s for s in (8, 4, 2, 1) if -(-shortest // s) >= draft or s == 1)
+            image.draft(image.mode, (image.width // scale, image.height // scale))
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)
+        return _convert(image, source)
+    except UnreadableImageError:
+        raise
+    except UnidentifiedImageError as e:
+        raise UnreadableImageError(f"cannot read {source} as an image: not a format Pillow recognises") from e
+    except Exception as e:  # PIL raises many types (OSError, SyntaxError, struct.error, DecompressionBombError...)
+        raise UnreadableImageError(f"cannot read {source} as an image: {type(e).__name__}: {e}") from e
+
+
+def _convert(image: Image.Image, source: str) -> Image.Image:
+    """8-bit RGB by the module's rules (16-bit high byte, alpha dropped)."""
+    try:
+        if image.mode == "RGB":
+            image.load()
+            return image
+        if image.mode in SIXTEEN_BIT_MODES or image.mode == "I":
+            import numpy as np
+
+            samples = np.asarray(image)
+            image = Image.fromarray((np.clip(samples, 0, 65535) >> 8).astype(np.uint8))
+        if "transparency" in image.info:  # via RGBA: the same colours, without PIL's warning for palette alpha
+            image = image.convert("RGBA")
+        return image.convert("RGB")
+    except Exception as e:
+        raise UnreadableImageError(f"cannot read {source} as an image: {type(e).__name__}: {e}") from e

@@ -1,0 +1,209 @@
+"""Dynamic batching: concurrent requests share one forward pass of the model.
+
+The shape follows infinity-emb's ``BatchHandler`` (``infinity_emb/inference/batch_handler.py``): the HTTP
+layer hands over a request's items and awaits a future; one worker thread owns the model, takes what is
+queued, runs it through :class:`~altclip_adapters.pipeline.Embedder` (its fast path: texts padded per
+length-sorted batch, images normalised on the device) and resolves the futures. Per-request work that
+needs no model (tokenising, resizing and cropping images) runs in the caller's thread pool, in parallel
+and before queueing, so the worker only runs forward passes.
+
+The worker gathers requests of one modality until ``max_batch_size`` items are waiting or ``max_wait``
+seconds have passed since the first of them arrived (bounded batch, bounded wait). Requests that arrive
+while a forward pass runs queue up and form the next batch, so under load batches fill without waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from ..pipeline import Embedder
+
+
+class _Stopped(Exception):
+    """stop() was called: the worker finishes the batch it holds and exits."""
+
+
+class Overloaded(RuntimeError):
+    """More items are waiting than the handler accepts (``max_pending``): the client should retry later."""
+
+
+@dataclass
+class _Job:
+    modality: str  # "text": items are token id lists; "image": uint8 pixels [3, H, W]
+    items: list[Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    queued: float = field(default_factory=time.monotonic)
+
+
+def _resolve(job: _Job, result: Any = None, error: BaseException | None = None) -> None:
+    """Hand ``result`` (or ``error``) to the job's future on its event loop (a cancelled request is skipped)."""
+
+    def settle() -> None:
+        if not job.future.done():
+            job.future.set_exception(error) if error is not None else job.future.set_result(result)
+
+    job.loop.call_soon_threadsafe(settle)
+
+
+class BatchHandler:
+    """Gathers the items of concurrent requests into shared forward passes of one :class:`Embedder`.
+
+    ``max_batch_size``: most items gathered before a forward pass starts (a larger request is run whole,
+    in the embedder's own ``batch_size`` chunks); ``max_wait``: seconds the first waiting request waits
+    for others; ``max_pending``: most items waiting at once (more raise :class:`Overloaded`).
+    The embedder should be built with ``num_workers=0``: images reach it decoded, resized and cropped.
+
+    Use as ``handler.start()`` ... ``await handler.embed_texts([...])`` ... ``handler.stop()``.
+    Results are float32 numpy arrays [n, D], L2-normalised (the embedder's output), in input order.
+    """
+
+    def __init__(self, embedder: Embedder, *, max_batch_size: int = 64, max_wait: float = 0.005, max_pending: int = 65536):
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1; got {max_batch_size}")
+        if max_wait < 0:
+            raise ValueError(f"max_wait must be >= 0 seconds; got {max_wait}")
+        self.embedder = embedder
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait
+        self.max_pending = max_pending
+        self.dim: int = embedder.model.config.projection_dim
+        self.batches = 0  # forward-pass rounds run so far, and the items in them (for logs and tests)
+        self.items = 0
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._deferred: collections.deque[_Job] = collections.deque()  # taken out while gathering the other modality
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    # the HTTP side ------------------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text as the model reads them (the checkpoint's tokenizer, truncated to its
+        context length, ``<s>`` and ``</s>`` included): what ``usage`` counts."""
+        processor = self.embedder.processor
+        return processor.tokenizer(list(texts), truncation=True, max_length=processor.context_length)["input_ids"]
+
+    def prepare_images(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
+        """Resized and centre-cropped uint8 pixels [3, H, W] of decoded RGB images (the model's arithmetic)."""
+        transform = self.embedder.processor.image_transform
+        return [transform.uint8(image) for image in images]
+
+    async def embed_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, int]:
+        """(embeddings float32 [n, D], tokens read) of ``texts``; tokenises in a worker thread first."""
+        ids = await asyncio.to_thread(self.tokenize, texts)
+        return await self._submit("text", ids), sum(map(len, ids))
+
+    async def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Embeddings float32 [n, D] of decoded RGB images; resizes and crops in a worker thread first."""
+        pixels = await asyncio.to_thread(self.prepare_images, images)
+        return await self._submit("image", pixels)
+
+    async def _submit(self, modality: str, items: list[Any]) -> np.ndarray:
+        if self._thread is None or not self._thread.is_alive():
+            raise RuntimeError("the batch handler is not running: call start() first")
+        with self._lock:
+            if self._pending + len(items) > self.max_pending:
+                raise Overloaded(f"{self._pending} items are waiting for the model (at most {self.max_pending}): retry later")
+            self._pending += len(items)
+        loop = asyncio.get_running_loop()
+        job = _Job(modality, list(items), loop, loop.create_future())
+        self._queue.put(job)
+        return await job.future
+
+    # the model side -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the worker thread that owns the model."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._thread = threading.Thread(target=self._work, name="altclip-batch-handler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the requests already queued, then stop the worker thread."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _next(self, modality: str | None, timeout: float | None) -> _Job | None:
+        """The next job (of ``modality`` when given; others are deferred); None on timeout.
+        Raises _Stopped when stop() was called."""
+        for i, job in enumerate(self._deferred):
+            if modality is None or job.modality == modality:
+                del self._deferred[i]
+                return job
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = None if deadline is None else deadline - time.monotonic()
+            try:
+                job = self._queue.get(timeout=wait) if wait is None or wait > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                return None
+            if job is None:
+                raise _Stopped
+            if modality is None or job.modality == modality:
+                return job
+            self._deferred.append(job)
+
+    def _gather(self) -> list[_Job]:
+        """One batch: the first job waiting, then jobs of its modality until ``max_batch_size`` items
+        wait or ``max_wait`` seconds passed since the first job was queued."""
+        first = self._next(None, None)
+        batch, size = [first], len(first.items)
+        deadline = first.queued + self.max_wait
+        while size < self.max_batch_size:
+            try:
+                job = self._next(first.modality, max(deadline - time.monotonic(), 0.0))
+            except _Stopped:
+                self._queue.put(None)  # stop after this batch
+                break
+            if job is None:
+                break
+            batch.append(job)
+            size += len(job.items)
+        return batch
+
+    def _forward(self, modality: str, items: list[Any]) -> np.ndarray:
+        if modality == "text":
+            out = np.empty((len(items), self.dim), np.float32)
+            for positions, features in self.embedder.iter_tokens(items):
+                out[positions] = features.numpy()
+            return out
+        return self.embedder.images(items).numpy()
+
+    def _work(self) -> None:
+        while True:
+            try:
+                batch = self._gather()
+            except _Stopped:
+                break
+            items = [item for job in batch for item in job.items]
+            try:
+                embeddings = self._forward(batch[0].modality, items)
+            except Exception as e:  # noqa: BLE001 - every waiting request gets the error, the worker lives on
+                for job in batch:
+                    _resolve(job, error=e)
+            else:
+                start = 0
+                for job in batch:
+                    _resolve(job, embeddings[start : start + len(job.items)])
+                    start += len(job.items)
+            with self._lock:
+                self._pending -= len(items)
+            self.batches += 1
+            self.items += len(items)
+        for job in self._deferred:
+            _resolve(job, error=RuntimeError("the server is shutting down"))

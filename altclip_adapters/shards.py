@@ -1,0 +1,301 @@
+"""The input shards of a bulk embedding run: webdataset tars, img2dataset parquet files, and chunks of
+image files or text lines.
+
+A run is a list of :class:`ShardSource` (small, picklable: what a Ray task is sent); ``source.read()``
+returns the shard's :class:`Sample` list. Input shard ``i`` becomes output shard ``i`` of the embedding
+folder (:mod:`altclip_adapters.store`), so a rerun skips the shards already written.
+
+Formats, as img2dataset (``img2dataset/writer.py``) writes them:
+
+- webdataset tar: the files of one sample share a key (``000000123.jpg``, ``.txt``, ``.json``; the key
+  is the name up to its first dot, webdataset's ``base_plus_ext``) and are contiguous. The image is the
+  member with an image suffix, the caption the ``.txt``, and the ``.json`` fields (``key``, ``url``,
+  ``width``, ...) become metadata. Streamed with the standard library's ``tarfile``, member by member
+  (webdataset's own iterator neither says which member broke nor notices a file cut at a block boundary);
+  a truncated or corrupt tar yields the samples before the break and :attr:`Shard.error` says where it
+  broke (the sample being read there is dropped).
+- img2dataset parquet (``--output_format parquet``): one row per sample, the encoded image in a binary
+  column named after the encode format (``jpg``, ``png`` or ``webp``), the caption in ``txt``, then
+  ``key``, ``url``, ``caption``, ``status``, ``error_message``, ``width``, ... Rows without image bytes
+  (failed downloads: ``status`` is not ``success``) are counted in :attr:`Shard.missing_images`. The
+  metadata-only parquet img2dataset writes beside each tar has no image column and is refused.
+
+Standard library at import time; webdataset and pyarrow are imported when a shard is read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tarfile
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .inputs import IMAGE_SUFFIXES, find_images, read_text_lines
+
+SHARD_SIZE = 10_000  # items per output shard for file and text-line inputs (img2dataset's default shard size)
+IMAGE_EXTENSIONS = tuple(sorted(s.lstrip(".") for s in IMAGE_SUFFIXES))  # tar members / parquet columns
+PARQUET_IMAGE_COLUMNS = ("jpg", "png", "webp", "jpeg")  # img2dataset's encode formats, in its preference order
+KINDS = ("tar", "parquet", "images", "texts")
+TAR_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error)  # how a truncated or corrupt tar stream breaks
+SKIPPED_MEMBERS = r"__[^/]*__($|/)"  # webdataset's meta members (``tar_file_iterator``'s ``skip_meta``)
+
+
+@dataclass
+class Sample:
+    """One item of a shard: ``image`` (encoded bytes, a file path, or None), ``caption`` (or None) and
+    ``metadata`` (the row written to the embedding folder's metadata parquet)."""
+
+    key: str
+    image: bytes | str | None
+    caption: str | None
+    metadata: dict[str, Any]
+
+
+@dataclass
+class Shard:
+    """The samples of one input shard. ``error`` (or None) says why reading stopped before the end;
+    ``skipped`` names the samples left out as unreadable; ``missing_images`` counts the rows that hold
+    no image at all (img2dataset's failed downloads)."""
+
+    samples: list[Sample]
+    error: str | None = None
+    skipped: list[str] = field(default_factory=list)
+    missing_images: int = 0
+
+
+@dataclass(frozen=True)
+class ShardSource:
+    """What one input shard is: a ``tar`` or ``parquet`` file (``path``), or a chunk of ``images`` (file
+    paths) or ``texts`` (lines) held in ``items``."""
+
+    shard_id: int
+    kind: str
+    path: str | None = None
+    items: tuple[str, ...] = field(default=(), repr=False)
+
+    @property
+    def name(self) -> str:
+        """How reports name the shard: its file, or its first item and size."""
+        if self.path is not None:
+            return self.path
+        return f"shard {self.shard_id} ({len(self.items)} {self.kind} from {self.items[0]})"
+
+    def fingerprint(self) -> str:
+        """A short description that changes when the shard's input does: a file's absolute path, or the
+        hash of a chunk's items. A resumed run checks it for each shard already done."""
+        if self.path is not None:
+            return os.path.abspath(self.path)
+        digest = hashlib.sha256("\n".join(self.items).encode()).hexdigest()[:16]
+        return f"{len(self.items)} {self.kind} sha256:{digest}"
+
+    def has_captions(self) -> bool:
+        """Whether the shard's samples carry captions, judged from its first sample (tar) or its columns
+        (parquet) without reading it all; always True for text lines, False for image files."""
+        if self.kind == "parquet":
+            import pyarrow.parquet as pq
+
+            return bool({"txt", "caption"} & set(pq.read_schema(self.path).names))
+        if self.kind == "tar":
+            from webdataset.tariterators import base_plus_ext
+
+            first, suffixes = None, set()
+            try:
+                with tarfile.open(self.path, mode="r|") as archive:
+                    for member in archive:
+                        prefix, suffix = base_plus_ext(member.name)
+                        if not member.isreg() or prefix is None or re.match(SKIPPED_MEMBERS, member.name):
+                            continue
+                        if first not in (None, prefix):
+                            break
+                        first = prefix
+                        suffixes.add(suffix.lower())
+            except TAR_ERRORS:  # judged on what could be read; read() reports the break
+                pass
+            return "txt" in suffixes
+        return self.kind == "texts"
+
+    def read(self) -> Shard:
+        """The shard's samples (see the module docstring); OSError/ValueError when a file cannot be opened
+        at all (a tar truncated part-way is not an error: see :attr:`Shard.error`)."""
+        if self.kind == "tar":
+            return read_tar(self.path)
+        if self.kind == "parquet":
+            return read_parquet(self.path)
+        if self.kind == "images":
+            return Shard([Sample(p, p, None, {"image_path": p}) for p in self.items])
+        if self.kind == "texts":
+            return Shard([Sample(str(i), None, t, {"caption": t}) for i, t in enumerate(self.items)])
+        raise ValueError(f"unknown shard kind {self.kind!r}; expected one of {', '.join(KINDS)}")
+
+
+def expand_paths(patterns: Sequence[str]) -> list[str]:
+    """``patterns`` with brace ranges expanded (``shards/{00000..00099}.tar``, as webdataset and
+    img2dataset write them), in order. Raises FileNotFoundError naming the expanded paths that do not exist."""
+    from braceexpand import braceexpand
+
+    paths = [p for pattern in patterns for p in braceexpand(str(pattern))]
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise FileNotFoundError(f"no such file or folder: {', '.join(missing[:3])}{more}")
+    return paths
+
+
+def plan(patterns: Sequence[str], *, shard_size: int = SHARD_SIZE) -> list[ShardSource]:
+    """The input shards of a run over ``patterns``: ``.tar`` files (webdataset), ``.parquet`` files
+    (img2dataset), ``.txt`` files (one text per line, ``shard_size`` lines a shard) or image files and
+    folders (``shard_size`` images a shard, in :func:`find_images` order). Shard ids count from 0.
+
+    Raises ValueError for mixed kinds, an empty input or ``shard_size < 1``; FileNotFoundError for a
+    missing path.
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard size must be at least 1; got {shard_size}")
+    paths = expand_paths(patterns)
+    suffixes = {Path(p).suffix.lower() for p in paths if not os.path.isdir(p)}
+    for suffix, kind in ((".tar", "tar"), (".parquet", "parquet")):
+        if suffix in suffixes:
+            if suffixes != {suffix} or any(os.path.isdir(p) for p in paths):
+                raise ValueError(f"give {suffix} shards alone, not mixed with other files or folders")
+            return [ShardSource(i, kind, p) for i, p in enumerate(paths)]
+    if ".txt" in suffixes:
+        if suffixes != {".txt"} or any(os.path.isdir(p) for p in paths):
+            raise ValueError("give either .txt files (one text per line) or images and folders, not both")
+        items: list[str] = read_text_lines(paths).lines
+        if not items:
+            raise ValueError(f"no text lines in {', '.join(paths)}")
+        kind = "texts"
+    else:
+        items, kind = [str(p) for p in find_images(paths)], "images"
+    return [ShardSource(i, kind, None, tuple(items[s : s + shard_size])) for i, s in enumerate(range(0, len(items), shard_size))]
+
+
+def _json_fields(data: bytes, where: str) -> dict[str, Any]:
+    try:
+        fields = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{where}: the .json member is not valid JSON: {e}") from e
+    if not isinstance(fields, dict):
+        raise ValueError(f"{where}: the .json member holds a {type(fields).__name__}, not an object")
+    return fields
+
+
+def _tar_sample(path: str, key: str, files: dict[str, bytes]) -> Sample:
+    """A :class:`Sample` from the members of one tar sample (extension -> bytes); ValueError for a bad one."""
+    where = f"{path}:{key}"
+    image = next((files[ext] for ext in IMAGE_EXTENSIONS if ext in files), None)
+    caption = None
+    if "txt" in files:
+        try:
+            caption = files["txt"].decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{where}: the caption (.txt) is not UTF-8: {e}") from e
+    fields = _json_fields(files["json"], where) if "json" in files else {}
+    metadata = {"image_path": key, "caption": caption}
+    metadata.update((k, v) for k, v in fields.items() if k not in metadata)
+    return Sample(key, image, caption, metadata)
+
+
+class _Tail:
+    """A binary stream read through, remembering how many bytes passed and the last 1024 of them."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.size = 0
+        self.tail = b""
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.size += len(data)
+        self.tail = (self.tail + data)[-1024:]
+        return data
+
+    def ends_with_marker(self) -> bool:
+        """Read to the end; whether the stream ended with the end-of-archive marker (two zero 512-byte blocks,
+        POSIX ustar). Python's tarfile stops silently when a file ends at a block boundary; a file cut there
+        lacks the marker."""
+        while self.read(1 << 16):
+            pass
+        return self.size >= 1024 and self.size % 512 == 0 and self.tail == bytes(1024)
+
+
+def read_tar(path: str) -> Shard:
+    """The samples of a webdataset tar (see the module docstring), in archive order. A sample whose
+    caption is not UTF-8 or whose json is not an object is left out and named in :attr:`Shard.skipped`;
+    a sample with no image member is kept with ``image=None``. When the archive breaks (a corrupt member,
+    or the file ends without the end-of-archive marker), the sample being read there is dropped and
+    :attr:`Shard.error` names the shard and the last complete sample."""
+    from webdataset.tariterators import base_plus_ext
+
+    shard = Shard([])
+    key, files = None, {}
+
+    def flush() -> None:
+        try:
+            shard.samples.append(_tar_sample(path, key, files))
+        except ValueError as e:
+            shard.skipped.append(str(e))
+
+    with open(path, "rb") as file:
+        stream = _Tail(file)
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as archive:  # streamed: one member at a time
+                for member in archive:
+                    prefix, suffix = base_plus_ext(member.name)
+                    if not member.isreg() or prefix is None or re.match(SKIPPED_MEMBERS, member.name):
+                        continue
+                    if prefix != key:
+                        if key is not None:
+                            flush()  # complete: its members are contiguous and the next one has begun
+                        key, files = prefix, {}
+                    files[suffix.lower()] = archive.extractfile(member).read()
+            reason = None if stream.ends_with_marker() else "the file ends without the end-of-archive marker"
+        except TAR_ERRORS as e:
+            reason = str(e)
+    if reason is None:
+        if key is not None:
+            flush()
+        return shard
+    last = f"after {len(shard.samples)} samples (last complete: {shard.samples[-1].key})" if shard.samples else "before its first sample"
+    shard.error = f"{path}: truncated or corrupt {last}: {reason}; the rest of this shard is skipped"
+    return shard
+
+
+def read_parquet(path: str) -> Shard:
+    """The samples of an img2dataset parquet file (see the module docstring), in row order: the image from
+    the first of the columns :data:`PARQUET_IMAGE_COLUMNS` present, the caption from ``txt`` (else
+    ``caption``), the key from ``key`` (else the row number); every other column is metadata.
+
+    Raises ValueError when the file has no image column (img2dataset's metadata-only parquet beside a tar).
+    """
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    names = table.column_names
+    image_column = next((c for c in PARQUET_IMAGE_COLUMNS if c in names), None)
+    if image_column is None:
+        raise ValueError(
+            f"{path} has no image column ({', '.join(PARQUET_IMAGE_COLUMNS)}): not img2dataset's parquet output "
+            "(img2dataset also writes a metadata-only .parquet beside each .tar: give the .tar files instead)"
+        )
+    caption_column = "txt" if "txt" in names else "caption" if "caption" in names else None
+    meta_columns = [c for c in names if c not in (image_column, "txt")]
+    images = table.column(image_column).to_pylist()
+    captions = table.column(caption_column).to_pylist() if caption_column else [None] * len(images)
+    keys = table.column("key").to_pylist() if "key" in names else [str(i) for i in range(len(images))]
+    rows = table.select(meta_columns).to_pylist()
+    shard = Shard([])
+    for key, image, caption, row in zip(keys, images, captions, rows):
+        if image is None:
+            shard.missing_images += 1
+            continue
+        metadata = {"image_path": str(key), "caption": caption}
+        metadata.update((k, v) for k, v in row.items() if k not in metadata)
+        shard.samples.append(Sample(str(key), image, caption, metadata))
+    return shard
