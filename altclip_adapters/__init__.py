@@ -18,7 +18,9 @@ _EXPORTS = {  # public name -> the submodule defining it
     "VisionConfig": ".config",
     "AltCLIPProcessor": ".processor",
     "ImageTransform": ".processor",
-    "load_image": ".processor",
+    "load_image": ".images",
+    "UnreadableImageError": ".images",
+    "DEFAULT_MAX_IMAGE_PIXELS": ".images",
 }
 __all__ = [*_EXPORTS, "register"]
 

@@ -35,7 +35,9 @@ MODALITY_CHOICES = ("image", "text", "both")
 class ShardReport:
     """What happened to one shard: ``rows`` written, ``skipped`` (one message per sample left out:
     unreadable image, no caption, bad json), ``missing_images`` (img2dataset rows without an image),
-    ``error`` (why reading stopped early: a truncated tar), and the ``worker`` (host:pid) that did it."""
+    ``error`` (why reading stopped early, e.g. a truncated tar, or why the shard could not be read at all),
+    ``written`` (False when the input could not be opened: nothing was written, a rerun tries it again),
+    and the ``worker`` (host:pid) that did it."""
 
     shard_id: int
     name: str
@@ -43,6 +45,7 @@ class ShardReport:
     skipped: list[str] = field(default_factory=list)
     missing_images: int = 0
     error: str | None = None
+    written: bool = True
     worker: str = ""
 
     def to_dict(self) -> dict:
@@ -100,7 +103,8 @@ class ShardEmbedder:
     name, hub id or absolute folder) and ``dtype`` (``float16`` or ``float32``). ``modalities`` is
     ``("image",)``, ``("text",)`` or ``("image", "text")``: with both, the caption embeddings come from the
     same read of the shard, and a sample whose image is unreadable or that has no caption is left out
-    whole (both files of a shard keep the same rows).
+    whole (both files of a shard keep the same rows). An input file that cannot be opened or parsed at all
+    is reported (``written=False``) instead of raised; an error while writing (a full disk) is raised.
     """
 
     def __init__(self, embedder: Embedder, folder: str | Path, *, model: str, modalities: Sequence[str], dtype: str = "float16"):
@@ -116,8 +120,13 @@ class ShardEmbedder:
     def __call__(self, source: ShardSource) -> ShardReport:
         import numpy as np
 
-        shard = source.read()
-        report = ShardReport(source.shard_id, source.name, 0, list(shard.skipped), shard.missing_images, shard.error, self.worker)
+        try:
+            shard = source.read()
+        except (OSError, ValueError) as e:  # one unreadable input file does not stop a run over many
+            return ShardReport(source.shard_id, source.name, 0, error=f"{source.name}: not written: {e}",
+                               written=False, worker=self.worker)
+        report = ShardReport(source.shard_id, source.name, 0, list(shard.skipped), shard.missing_images, shard.error,
+                             worker=self.worker)
         samples = shard.samples
         if "text" in self.modalities:
             report.skipped += [f"{source.name}:{s.key}: no caption" for s in samples if s.caption is None]

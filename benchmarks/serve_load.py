@@ -1,8 +1,9 @@
 """Load benchmark of ``altclip serve``: throughput and latency at 1 and 32 concurrent clients, loopback only.
 
-    python benchmarks/serve_load.py                       # CPU, BAAI/AltCLIP shapes (random weights): ~3 min
-    python benchmarks/serve_load.py --device cuda         # one GPU
-    python benchmarks/serve_load.py --checkpoint DIR      # another checkpoint (the tests use a tiny one)
+    python benchmarks/serve_load.py                         # CPU, a tiny random checkpoint: ~2 min
+    python benchmarks/serve_load.py --shape full            # BAAI/AltCLIP's shapes (random weights), CPU
+    python benchmarks/serve_load.py --shape full --device cuda --modality image
+    python benchmarks/serve_load.py --checkpoint DIR        # any checkpoint folder
 
 Starts ``altclip serve`` in a subprocess on 127.0.0.1 (a free port), sends ``POST /v1/embeddings`` requests
 of one text each (``--modality image``: one 224x224 PNG data URI each) from 1 client, then from 32
@@ -10,10 +11,10 @@ concurrent clients (asyncio + httpx, in this process), and prints requests/s, p5
 the ratio of the 32-client throughput to the one-at-a-time throughput (target: >= 3x). Then the same
 32 clients against a server with batching off (``--max-batch-size 1``): what dynamic batching adds at
 the same concurrency. Every phase stops after ``--requests`` requests or ``--seconds`` seconds, whichever
-comes first; the whole run is bounded by the phases and the server start-up (``--start-timeout``).
+comes first, after a short warm-up; the server start is bounded by ``--start-timeout``.
 
-The checkpoint is random with BAAI/AltCLIP's shapes (XLM-R large + ViT-L/14), written once to
-``$TMPDIR/altclip-bench/full`` (the one ``benchmarks/bench.py`` uses).
+Checkpoints are random (``altclip_adapters.tiny.make_checkpoint``), written once under ``--workdir``
+(``full``: the one ``benchmarks/bench.py`` writes, XLM-R large + ViT-L/14).
 """
 
 from __future__ import annotations
@@ -134,25 +135,27 @@ def phase(server: Server, bodies: list[dict], clients: int, args: argparse.Names
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", help="checkpoint folder (default: a random BAAI/AltCLIP-shaped one, made once)")
+    parser.add_argument("--shape", choices=["tiny", "b32", "full"], default="tiny",
+                        help="a random checkpoint of these shapes (tiny; b32: ViT-B/32 + tiny text tower; full: BAAI/AltCLIP's)")
+    parser.add_argument("--checkpoint", help="a checkpoint folder instead of --shape")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "altclip-bench"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default: the server's (fp32 on cpu, bf16 on cuda)")
     parser.add_argument("--modality", choices=["text", "image"], default="text")
     parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--requests", type=int, default=400, help="most requests per phase")
-    parser.add_argument("--seconds", type=float, default=40, help="most seconds per phase")
+    parser.add_argument("--requests", type=int, default=1000, help="most requests per phase")
+    parser.add_argument("--seconds", type=float, default=30, help="most seconds per phase")
     parser.add_argument("--max-batch-size", type=int, default=64, help="the batched server's --max-batch-size")
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--start-timeout", type=float, default=300)
     args = parser.parse_args()
     if args.checkpoint is None:
-        args.checkpoint = Path(args.workdir) / "full"
+        args.checkpoint = Path(args.workdir) / args.shape
         if not (args.checkpoint / "config.json").is_file():
             from altclip_adapters.tiny import make_checkpoint
 
-            print(f"writing a random checkpoint with BAAI/AltCLIP shapes to {args.checkpoint} ...", flush=True)
-            make_checkpoint(args.checkpoint, "full")
+            print(f"writing a random {args.shape} checkpoint to {args.checkpoint} ...", flush=True)
+            make_checkpoint(args.checkpoint, args.shape)
     if args.modality == "text":
         bodies = [{"input": [text]} for text in SENTENCES]
     else:

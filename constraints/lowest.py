@@ -3,8 +3,8 @@
 Every requirement of ``[project].dependencies`` and of every extra is pinned at its lower bound
 (``name>=1.2`` -> ``name==1.2``; with two bounds for one name, the higher one), so that installing
 ``.[test]`` under these constraints tests what the package claims to accept (the tox env ``lowest``).
-The pins of ``constraints/ci.txt`` (the torch build) are copied as they are and win over pyproject's bound.
-A requirement without a lower bound is an error: it would claim every version ever released.
+Extras added to ``pyproject.toml`` are picked up as they come. A requirement without a lower bound is an
+error: it would claim every version ever released.
 
 Usage: ``python constraints/lowest.py OUTPUT`` (``-`` for stdout). Needs ``packaging``.
 """
@@ -24,7 +24,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
-LOWER = (">=", "==", "~=", "===")  # operators whose version is the lowest one admitted
+LOWER = (">=", "==", "~=")  # operators whose version is the lowest one admitted
 
 
 def requirements(pyproject: dict) -> list[Requirement]:
@@ -35,22 +35,14 @@ def requirements(pyproject: dict) -> list[Requirement]:
     return [req for req in map(Requirement, lines) if canonicalize_name(req.name) != own]
 
 
-def pinned(path: Path) -> dict[str, str]:
-    """The lines of a constraints file, by package name."""
-    lines = (line.split("#")[0].strip() for line in path.read_text().splitlines())
-    return {canonicalize_name(Requirement(line).name): line for line in lines if line}
-
-
-def lowest(pyproject: dict, fixed: dict[str, str]) -> list[str]:
-    """Constraint lines: ``fixed`` as it is, every other direct requirement at its lower bound.
+def lowest(pyproject: dict) -> list[str]:
+    """Constraint lines, one per direct requirement, at its lower bound (markers kept, extras dropped).
 
     Raises ValueError naming the requirements that have no lower bound."""
     bounds: dict[str, tuple[Version, str]] = {}
     unbounded = []
     for req in requirements(pyproject):
         name = canonicalize_name(req.name)
-        if name in fixed:
-            continue
         versions = [Version(spec.version) for spec in req.specifier if spec.operator in LOWER]
         if not versions:
             unbounded.append(str(req))
@@ -60,14 +52,14 @@ def lowest(pyproject: dict, fixed: dict[str, str]) -> list[str]:
             bounds[name] = (max(versions), marker)
     if unbounded:
         raise ValueError(f"no lower bound declared in pyproject.toml for: {', '.join(unbounded)}")
-    return [*fixed.values(), *(f"{name}=={version}{marker}" for name, (version, marker) in sorted(bounds.items()))]
+    return [f"{name}=={version}{marker}" for name, (version, marker) in sorted(bounds.items())]
 
 
 def main(argv: list[str]) -> None:
     if len(argv) != 1:
         sys.exit(__doc__)
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    text = "\n".join(lowest(pyproject, pinned(ROOT / "constraints" / "ci.txt"))) + "\n"
+    text = "\n".join(lowest(pyproject)) + "\n"
     if argv[0] == "-":
         sys.stdout.write(text)
     else:

@@ -114,9 +114,10 @@ def test_every_subcommand_ends_with_examples_that_parse():
 
 def test_search_and_demo_list_only_options_that_apply():
     commands = subparsers()
-    for name in ("search", "demo"):
+    bulk_only = ("--decode-on-device", "--workers", "--batch-size", "--compile", "--int8")  # one query, three pictures
+    for name, options in (("search", bulk_only), ("demo", (*bulk_only, "--max-image-pixels"))):
         text = commands[name].format_help()
-        for option in ("--decode-on-device", "--workers", "--max-image-pixels", "--batch-size", "--compile", "--int8"):
+        for option in options:
             assert option not in text, (name, option)
     embed = commands["embed"].format_help()
     assert "--decode-on-device" in embed and "--batch-size" in embed and "(default: 256)" in embed

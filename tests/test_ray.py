@@ -170,6 +170,8 @@ def test_a_killed_actor_is_replaced_and_every_item_is_embedded_once(local_ray, t
             killed.extend(pids)
             for pid in pids:
                 os.kill(pid, signal.SIGKILL)
+            while _readers_of(fifo) and time.monotonic() < deadline:  # until the killed process is gone
+                time.sleep(0.05)
             os.close(writer)
             writer = _open_writer(fifo, deadline)  # the restarted actor, rerunning the shard
             os.set_blocking(writer, True)

@@ -240,3 +240,20 @@ def test_ray_address_swallowing_a_path_is_caught(tiny_dir, shard_inputs, tmp_pat
     images = str(shard_inputs["root"] / "images")
     assert main(["embed", "--out", str(tmp_path / "emb"), "--ray", images, images, "--model", str(tiny_dir)]) == 1
     assert "--ray took" in capsys.readouterr().err
+
+
+def test_a_shard_that_cannot_be_read_is_reported_and_retried_by_a_rerun(tiny_dir, shard_inputs, tmp_path, capsys):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "00000.parquet").write_bytes(shard_inputs["parquet"].read_bytes())
+    pq.write_table(pa.table({"key": ["0"], "url": ["https://example.com/0.jpg"]}), shards / "00001.parquet")
+    out = tmp_path / "emb"
+    assert embed(f"{shards}/{{00000..00001}}.parquet", "--out", out, "--model", tiny_dir) == 1
+    captured = capsys.readouterr()
+    assert f"altclip: {shards}/00001.parquet: not written: {shards}/00001.parquet has no image column" in captured.err
+    assert "altclip: error: 1 of 2 shards could not be read (listed above); rerun the same command to retry them" in captured.err
+    assert captured.out.startswith(f"wrote 8 image and text embedding rows in 1 shard to {out}")
+    pq.write_table(pq.read_table(shard_inputs["parquet"]), shards / "00001.parquet")  # repaired
+    assert embed(f"{shards}/{{00000..00001}}.parquet", "--out", out, "--model", tiny_dir) == 0
+    assert "resuming: 1 of 2 shards already in" in capsys.readouterr().err
+    assert len(read_embeddings(out)[0]) == 16

@@ -32,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     group.add_argument("--store-dtype", choices=STORE_DTYPES, default="float16",
                        help="how DIR's .npy files store the embeddings")
     group.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
-                       help="run on a Ray cluster: --ray=ADDRESS (auto, ray://head:10001), or a local one when bare")
+                       help="run on a Ray cluster: --ray=ADDRESS (auto, ray://head:10001), or a local one when bare "
+                       "(default: no Ray, one process)")
     group.add_argument("--actors", type=positive_int,
                        help="Ray actors, one model each (default: one per GPU of the cluster, else 1)")
     group.add_argument("--cpus-per-actor", type=natural_int,
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace, out: Path) -> None:
         return
     if len(todo) < len(sources):
         warn(f"resuming: {len(sources) - len(todo)} of {len(sources)} shards already in {out}")
-    totals = {"rows": 0, "skipped": 0, "missing": 0, "broken": 0, "shards": 0}
+    totals = {"rows": 0, "skipped": 0, "missing": 0, "broken": 0, "unwritten": 0, "shards": 0}
 
     from tqdm import tqdm
 
@@ -79,7 +80,8 @@ def run(args: argparse.Namespace, out: Path) -> None:
             totals["rows"] += report.rows
             totals["skipped"] += len(report.skipped)
             totals["missing"] += report.missing_images
-            totals["broken"] += bool(report.error)
+            totals["broken"] += bool(report.error) and report.written
+            totals["unwritten"] += not report.written
             totals["shards"] += 1
             bar.update(1)
 
@@ -99,9 +101,12 @@ def run(args: argparse.Namespace, out: Path) -> None:
     notes += [f"{totals['missing']} rows without an image (failed downloads) left out"] if totals["missing"] else []
     notes += [f"{totals['broken']} truncated shards (listed above) written up to the break"] if totals["broken"] else []
     what = " and ".join(embedded)
-    shards = f"{totals['shards']} shard{'s' * (totals['shards'] != 1)}"
-    print(f"wrote {totals['rows']} {what} embedding rows in {shards} to {out}"
+    written = totals["shards"] - totals["unwritten"]
+    print(f"wrote {totals['rows']} {what} embedding rows in {written} shard{'s' * (written != 1)} to {out}"
           + "".join(f"; {note}" for note in notes))
+    if totals["unwritten"]:
+        raise CLIError(f"{totals['unwritten']} of {len(sources)} shards could not be read (listed above); "
+                       "rerun the same command to retry them")
 
 
 def _run_on_ray(args: argparse.Namespace, out: Path, todo, reference: str, embedded, on_report) -> None:

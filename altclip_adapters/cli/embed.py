@@ -207,20 +207,23 @@ def run(args: argparse.Namespace) -> None:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     embed = command_parser(
-        sub, "embed", "embed images (files, folders) or texts (.txt files, one text per line) into an index file",
+        sub, "embed", "embed images (files, folders, shards) or texts (.txt files, one text per line) into an index file or folder",
         [
             "altclip embed photos/ more/cat.jpg --out photos.parquet    # images, folders searched recursively",
             "altclip embed captions.txt --out captions.npy --model AltCLIP-m18    # writes captions.ids.json too",
         ],
     )
     embed.epilog += (
-        f"\n\nProgress is saved in OUT.parts/ every {FLUSH_ITEMS} items or {FLUSH_SECONDS:.0f} s and on Ctrl-C: run "
-        "the same command again to resume.\nUnreadable images and blank lines are skipped, and the summary counts them."
+        f"\n\nA .npy or .parquet OUT saves progress in OUT.parts/ every {FLUSH_ITEMS} items or {FLUSH_SECONDS:.0f} s and on "
+        "Ctrl-C; a folder OUT, shard by shard: run the same command again to resume.\nUnreadable images and blank lines "
+        "are skipped, and the summary counts them."
     )
     embed.add_argument("paths", nargs="+", metavar="PATH",
-                       help="image files and folders (searched recursively), or .txt files (one text per line)")
+                       help="image files and folders (searched recursively), .txt files (one text per line), or webdataset "
+                       ".tar / img2dataset .parquet shards (brace ranges allowed; with a folder --out)")
     embed.add_argument("--out", required=True,
-                       help="FILE.npy (float32 [N, D], ids in FILE.ids.json) or FILE.parquet (columns id, embedding)")
+                       help="FILE.npy (float32 [N, D], ids in FILE.ids.json), FILE.parquet (columns id, embedding), or DIR "
+                       "(no suffix: an embedding folder in clip-retrieval's layout)")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
     model_options(embed)
     image_options(embed)

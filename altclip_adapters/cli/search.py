@@ -1,46 +1,99 @@
-"""``altclip search``: the items of an index nearest to a text query in any language."""
+"""``altclip search``: the items of an index nearest to a text query in any language, or to an image."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from ._common import CLIError, check_model, command_parser, load_embedder, model_options, positive_int
 from .embed import read_index
 
+SHOWN_COLUMNS = ("image_path", "url", "key")  # the first present names the hit; a caption follows
 
-def run(args: argparse.Namespace) -> None:
+
+def embed_query(args: argparse.Namespace, model: str, dim: int, recorded: str):
+    """The query's embedding, float32 [1, dim], from the text or the ``--image`` file (through the Embedder and
+    its one image loader); CLIError when the model makes embeddings of another size than the index holds."""
+    check_model(model)
+    embedder = load_embedder(model, args)
+    query = (embedder.texts([args.query]) if args.image is None else embedder.images([args.image])).numpy()
+    if query.shape[1] != dim:
+        raise CLIError(
+            f"the index holds {dim}-d embeddings but the model makes {query.shape[1]}-d ones; "
+            f"use the model that built it ({recorded})"
+        )
+    return query
+
+
+def describe(metadata: dict[str, Any]) -> str:
+    """A hit's metadata on one line: its image path, url or key, then its caption in quotes."""
+    name = next((str(metadata[c]) for c in SHOWN_COLUMNS if metadata.get(c) not in (None, "")), "")
+    caption = metadata.get("caption")
+    text = " ".join(str(caption).split()) if caption not in (None, "") else ""
+    if not name and not text:
+        return ", ".join(f"{k}={v}" for k, v in metadata.items())
+    return f"{name}  \"{text}\"" if name and text else name or f"\"{text}\""
+
+
+def search_file(args: argparse.Namespace, path: Path) -> None:
     import numpy as np
 
-    ids, embeddings, meta = read_index(Path(args.index))
-    if not args.query.strip():
-        raise CLIError("the query is empty")
-    if args.k < 1:
-        raise CLIError(f"-k must be at least 1; got {args.k}")
-    check_model(args.model or meta["model"])
-    embedder = load_embedder(args.model or meta["model"], args)
-    query = embedder.texts([args.query])[0].numpy()
-    if query.shape[0] != embeddings.shape[1]:
-        raise CLIError(
-            f"the index holds {embeddings.shape[1]}-d embeddings but the model makes {query.shape[0]}-d ones; "
-            f"use the model that built it ({meta['model']})"
-        )
+    if args.modality:
+        raise CLIError("--modality applies to an embedding folder; a .npy or .parquet index holds one modality")
+    ids, embeddings, meta = read_index(path)
+    query = embed_query(args, args.model or meta["model"], embeddings.shape[1], meta["model"])[0]
     scores = embeddings @ query
     for rank, i in enumerate(np.argsort(-scores)[: args.k], 1):
         print(f"{rank:>3}  {scores[i]:.4f}  {ids[i]}")
 
 
+def search_folder(args: argparse.Namespace, folder: Path) -> None:
+    from ..index import open_index
+
+    index = open_index(folder, model=args.model)
+    modality = args.modality or ("image" if "image" in index.modalities else "text")
+    if modality not in index.modalities:
+        raise CLIError(f"{folder} holds no {modality} embeddings (it holds {' and '.join(index.modalities)})")
+    query = embed_query(args, index.model, index.dim, index.model)
+    for hit in index.search(query, args.k, modality=modality)[0]:
+        print(f"{hit.rank:>3}  {hit.score:.4f}  {describe(hit.metadata)}")
+
+
+def run(args: argparse.Namespace) -> None:
+    if (args.query is None) == (args.image is None):
+        raise CLIError("give a text query or --image FILE (one of them)")
+    if args.query is not None and not args.query.strip():
+        raise CLIError("the query is empty")
+    if args.image is not None and not Path(args.image).is_file():
+        raise FileNotFoundError(f"no such image file: {args.image}")
+    path = Path(args.index)
+    if path.is_dir():
+        search_folder(args, path)
+    else:
+        search_file(args, path)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     search = command_parser(
-        sub, "search", "the k index items nearest to a text query in any language",
+        sub, "search", "the k index items nearest to a text query in any language, or to an image",
         [
-            'altclip search photos.parquet "一只在沙发上睡觉的猫" -k 5',
+            'altclip search photos-emb "一只在沙发上睡觉的猫" -k 5',
+            "altclip search photos-emb --image query.jpg --modality text",
             'altclip search captions.npy "a dog playing in the snow" --device cpu',
         ],
     )
-    search.epilog += "\n\nPrints one line per hit: rank, cosine similarity, id (the image path or the text line)."
-    search.add_argument("index", help="a .npy or .parquet file written by altclip embed")
-    search.add_argument("query", help="the text to search for, in any language the model knows")
+    search.epilog += (
+        "\n\nPrints one line per hit: rank, cosine similarity, then the item: for an embedding folder its\n"
+        "image path, url or key and its caption (from metadata/); for a file its id (image path or text line).\n"
+        "A folder is searched with its FAISS index (altclip index DIR), else exactly."
+    )
+    search.add_argument("index", metavar="INDEX",
+                        help="an embedding folder (altclip embed --out DIR), or a .npy / .parquet file written by altclip embed")
+    search.add_argument("query", nargs="?", help="the text to search for, in any language the model knows")
+    search.add_argument("--image", metavar="FILE", help="search with this image instead of a text (default: none, QUERY is searched)")
     search.add_argument("-k", type=positive_int, default=10, help="how many hits to print")
+    search.add_argument("--modality", choices=("image", "text"),
+                        help="search a folder's image or text embeddings (default: image when the folder has them)")
     model_options(search, default=None, bulk=False)
     search.set_defaults(func=run)

@@ -2,10 +2,10 @@
 
 The shape follows infinity-emb's ``BatchHandler`` (``infinity_emb/inference/batch_handler.py``): the HTTP
 layer hands over a request's items and awaits a future; one worker thread owns the model, takes what is
-queued, runs it through :class:`~altclip_adapters.pipeline.Embedder` (its fast path: texts padded per
-length-sorted batch, images normalised on the device) and resolves the futures. Per-request work that
-needs no model (tokenising, resizing and cropping images) runs in the caller's thread pool, in parallel
-and before queueing, so the worker only runs forward passes.
+queued, runs it through :class:`~altclip_adapters.pipeline.Embedder` (its fast path: texts tokenised in
+one call and padded per length-sorted batch, images normalised on the device) and resolves the futures.
+Resizing and cropping images needs no model and can be slow for large photos: it runs in the caller's
+thread pool, in parallel and before queueing.
 
 The worker gathers requests of one modality until ``max_batch_size`` items are waiting or ``max_wait``
 seconds have passed since the first of them arrived (bounded batch, bounded wait). Requests that arrive
@@ -42,7 +42,7 @@ class Overloaded(RuntimeError):
 
 @dataclass
 class _Job:
-    modality: str  # "text": items are token id lists; "image": uint8 pixels [3, H, W]
+    modality: str  # "text": items are strings; "image": uint8 pixels [3, H, W]
     items: list[Any]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
@@ -89,7 +89,7 @@ class BatchHandler:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    # the HTTP side ------------------------------------------------------------------------------
+    # inputs as the model reads them ---------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text as the model reads them (the checkpoint's tokenizer, truncated to its
         context length, ``<s>`` and ``</s>`` included): what ``usage`` counts."""
@@ -101,17 +101,18 @@ class BatchHandler:
         transform = self.embedder.processor.image_transform
         return [transform.uint8(image) for image in images]
 
+    # requests (awaited on the event loop) ------------------------------------------------------------
     async def embed_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, int]:
-        """(embeddings float32 [n, D], tokens read) of ``texts``; tokenises in a worker thread first."""
-        ids = await asyncio.to_thread(self.tokenize, texts)
-        return await self._submit("text", ids), sum(map(len, ids))
+        """(embeddings float32 [n, D], tokens read: what ``usage`` counts) of ``texts``."""
+        embeddings, tokens = await self._submit("text", list(texts))
+        return embeddings, int(tokens.sum())
 
     async def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Embeddings float32 [n, D] of decoded RGB images; resizes and crops in a worker thread first."""
         pixels = await asyncio.to_thread(self.prepare_images, images)
-        return await self._submit("image", pixels)
+        return (await self._submit("image", pixels))[0]
 
-    async def _submit(self, modality: str, items: list[Any]) -> np.ndarray:
+    async def _submit(self, modality: str, items: list[Any]) -> tuple[np.ndarray, np.ndarray]:
         if self._thread is None or not self._thread.is_alive():
             raise RuntimeError("the batch handler is not running: call start() first")
         with self._lock:
@@ -176,13 +177,15 @@ class BatchHandler:
             size += len(job.items)
         return batch
 
-    def _forward(self, modality: str, items: list[Any]) -> np.ndarray:
+    def _forward(self, modality: str, items: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings float32 [n, D], tokens read per item int [n]; 0 for images) of one batch."""
         if modality == "text":
+            ids = self.tokenize(items)
             out = np.empty((len(items), self.dim), np.float32)
-            for positions, features in self.embedder.iter_tokens(items):
+            for positions, features in self.embedder.iter_tokens(ids):
                 out[positions] = features.numpy()
-            return out
-        return self.embedder.images(items).numpy()
+            return out, np.array([len(i) for i in ids])
+        return self.embedder.images(items).numpy(), np.zeros(len(items), int)
 
     def _work(self) -> None:
         while True:
@@ -192,15 +195,16 @@ class BatchHandler:
                 break
             items = [item for job in batch for item in job.items]
             try:
-                embeddings = self._forward(batch[0].modality, items)
+                embeddings, tokens = self._forward(batch[0].modality, items)
             except Exception as e:  # noqa: BLE001 - every waiting request gets the error, the worker lives on
                 for job in batch:
                     _resolve(job, error=e)
             else:
                 start = 0
                 for job in batch:
-                    _resolve(job, embeddings[start : start + len(job.items)])
-                    start += len(job.items)
+                    end = start + len(job.items)
+                    _resolve(job, (embeddings[start:end], tokens[start:end]))
+                    start = end
             with self._lock:
                 self._pending -= len(items)
             self.batches += 1
