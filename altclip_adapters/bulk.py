@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,7 +38,8 @@ class ShardReport:
     unreadable image, no caption, bad json), ``missing_images`` (img2dataset rows without an image),
     ``error`` (why reading stopped early, e.g. a truncated tar, or why the shard could not be read at all),
     ``written`` (False when the input could not be opened: nothing was written, a rerun tries it again),
-    and the ``worker`` (host:pid) that did it."""
+    the ``worker`` (host:pid) that did it, and when (``started``, ``finished``: Unix time in seconds, the
+    worker's clock)."""
 
     shard_id: int
     name: str
@@ -47,6 +49,8 @@ class ShardReport:
     error: str | None = None
     written: bool = True
     worker: str = ""
+    started: float = 0.0
+    finished: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,13 +124,14 @@ class ShardEmbedder:
     def __call__(self, source: ShardSource) -> ShardReport:
         import numpy as np
 
+        started = time.time()
         try:
             shard = source.read()
         except (OSError, ValueError) as e:  # one unreadable input file does not stop a run over many
             return ShardReport(source.shard_id, source.name, 0, error=f"{source.name}: not written: {e}",
-                               written=False, worker=self.worker)
+                               written=False, worker=self.worker, started=started, finished=time.time())
         report = ShardReport(source.shard_id, source.name, 0, list(shard.skipped), shard.missing_images, shard.error,
-                             worker=self.worker)
+                             worker=self.worker, started=started)
         samples = shard.samples
         if "text" in self.modalities:
             report.skipped += [f"{source.name}:{s.key}: no caption" for s in samples if s.caption is None]
@@ -150,6 +155,7 @@ class ShardEmbedder:
             arrays["text_embeddings"] = np.asarray(texts, np.float32)
         self.writer.write_shard(source.shard_id, metadata=[s.metadata for s in samples], **arrays)
         report.rows = len(samples)
+        report.finished = time.time()
         return report
 
 

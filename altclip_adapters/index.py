@@ -60,7 +60,7 @@ def _faiss():
     try:
         import faiss
     except ImportError as e:
-        raise ImportError("building an index needs faiss: pip install 'altclip-adapters[index]'") from e
+        raise ImportError("FAISS indexes need faiss: pip install 'altclip-adapters[index]'") from e
     return faiss
 
 
@@ -136,22 +136,19 @@ def _train_size(count: int, dim: int, clusters: int, current_memory_available: s
     return min(round(per_cluster * clusters), count)
 
 
-def _search_params(index_key: str, count: int) -> list[str]:
-    """Candidate search-parameter strings, fastest (lowest recall) first."""
-    if index_key == "Flat":
-        return [""]
+def _search_params(index_key: str) -> list[str]:
+    """Candidate search-parameter strings, fastest (lowest recall) first; ``[""]`` for an index without
+    one (Flat, or a user's key of another family)."""
     ivf = re.search(r"IVF(\d+)", index_key)
-    if not ivf:  # HNSW
+    if ivf:
+        clusters = int(ivf.group(1))
+        probes = sorted({p for p in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024,
+                                     1536, 2048, 3072, 4096, 6144) if p <= clusters} | {min(clusters, 6144)})
+        hnsw, pq = "_HNSW" in index_key, "PQ" in index_key
+        return [f"nprobe={p}" + (f",efSearch={2 * p}" if hnsw else "") + (",ht=2048" if pq else "") for p in probes]
+    if "HNSW" in index_key:
         return [f"efSearch={ef}" for ef in _EF_SEARCH]
-    clusters = int(ivf.group(1))
-    probes = sorted({p for p in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024,
-                                 1536, 2048, 3072, 4096, 6144) if p <= clusters} | {min(clusters, 6144)})
-    if "PQ" not in index_key:
-        extra = lambda p: f",efSearch={2 * p}" if "_HNSW" in index_key else ""  # noqa: E731
-        return [f"nprobe={p}" + extra(p) for p in probes]
-    if "_HNSW" in index_key:
-        return [f"nprobe={p},efSearch={2 * p},ht=2048" for p in probes]
-    return [f"nprobe={p},ht=2048" for p in probes]
+    return [""]
 
 
 # exact search ---------------------------------------------------------------------------------
@@ -261,7 +258,7 @@ def _tune(index: faiss.Index, key: str, indexed: list[np.ndarray], queries: np.n
         space.set_index_parameters(index, param)
         return recall_at_k(index.search(queries, k)[1], truth)
 
-    candidates = _search_params(key, index.ntotal)
+    candidates = _search_params(key)
     lo, hi = 0, len(candidates) - 1
     best, best_recall = candidates[hi], recall(candidates[hi])
     while lo < hi and best_recall >= target_recall:
@@ -299,7 +296,8 @@ def build_index(
 
     Writes ``DIR/<modality>.index`` and ``DIR/<modality>.json`` atomically and returns, per modality,
     the json's content: ``index_key``, ``index_param``, ``metric``, ``count``, ``dim``,
-    ``recall_at_k`` ({k, recall, queries}), ``build_seconds``, ``size_bytes``, ``index_path``.
+    ``recall_at_k`` ({k, recall (1.0 for Flat; None when the collection is too small to hold rows out),
+    queries}), ``build_seconds``, ``size_bytes``, ``index_path``, ``chosen_by``.
     Raises ImportError without faiss, FileNotFoundError when the folder has no such embeddings,
     ValueError for bad arguments or a budget too small for any index.
     """
@@ -324,10 +322,10 @@ def build_index(
             ivf = re.search(r"IVF(\d+)", key)
             size = _train_size(count, dim, int(ivf.group(1)), current_memory_available) if ivf else count
             index.train(_gather(arrays, np.sort(rng.choice(count, size=size, replace=False))))
-        held_out = min(tune_queries, count // 10) if key != "Flat" else 0  # the last rows, queries for tuning
+        held_out = min(tune_queries, count // 10) if key != "Flat" else 0  # the last rows: queries to tune and measure
         indexed = _slices(arrays, 0, count - held_out)
         _add(index, indexed)
-        param, recall, tune_k = "", 1.0, min(k, count - held_out)
+        param, recall, tune_k = "", 1.0 if key == "Flat" else None, min(k, count - held_out)
         if held_out and tune_k:
             queries = np.concatenate([np.asarray(a, dtype=np.float32) for a in _slices(arrays, count - held_out, count)])
             param, recall = _tune(index, key, indexed, queries, k=tune_k, target_recall=target_recall, metric=metric)
@@ -336,9 +334,10 @@ def build_index(
         _write_atomic_index(index, path)
         info = {
             "index_key": key, "index_param": param, "metric": metric, "count": count, "dim": dim,
-            "recall_at_k": {"k": tune_k, "recall": round(recall, 4), "queries": held_out},
+            "recall_at_k": {"k": tune_k, "recall": None if recall is None else round(recall, 4), "queries": held_out},
             "build_seconds": round(time.perf_counter() - start, 2), "size_bytes": path.stat().st_size,
-            "index_path": path.name, "rules": "autofaiss 2.18 get_optimal_index_keys_v2",
+            "index_path": path.name,
+            "chosen_by": "index_key argument" if index_key else "autofaiss 2.18 get_optimal_index_keys_v2",
         }
         tmp = info_path(folder, name).with_name(f".{name}.json.tmp")
         tmp.write_text(json.dumps(info, indent=2))

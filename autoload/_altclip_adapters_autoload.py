@@ -37,4 +37,5 @@ def autoload() -> None:
             f"altclip_adapters' open_clip hook did not load, so open_clip will not know AltCLIP: "
             f"{type(error).__name__}: {error}. Set {DISABLE_ENV}=1 to silence this warning.",
             RuntimeWarning,
+            stacklevel=2,
         )

@@ -29,7 +29,11 @@ import time
 REGISTERED = "import sys; print('AltCLIP' in sys.modules['open_clip'].list_models())"
 CASES = [  # (line, (code, hook on?) of the reference, the same of the measured run)
     ("interpreter start, `python -c pass`: hook off / on", ("pass", False), ("pass", True)),
-    ("`import open_clip`: hook off / on", (f"import open_clip; {REGISTERED}", False), (f"import open_clip; {REGISTERED}", True)),
+    (
+        "`import open_clip`: hook off / on",
+        (f"import open_clip; {REGISTERED}", False),
+        (f"import open_clip; {REGISTERED}", True),
+    ),
     (
         "hook on: `import open_clip` / + the AltCLIP model class (first build)",
         (f"import open_clip; {REGISTERED}", True),
@@ -56,7 +60,10 @@ def main() -> None:
     args = parser.parse_args()
     version = subprocess.run(
         [args.python, "-c", "import open_clip, torch; print(open_clip.__version__, torch.__version__)"],
-        env={**os.environ, "ALTCLIP_ADAPTERS_NO_AUTOLOAD": "1"}, capture_output=True, text=True, check=True,
+        env={**os.environ, "ALTCLIP_ADAPTERS_NO_AUTOLOAD": "1"},
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     print(f"{args.python}: open_clip {version[0]}, torch {version[1]}; {args.rounds} alternating rounds, medians")
     for line, *pair in CASES:
@@ -69,8 +76,10 @@ def main() -> None:
                     raise SystemExit(f"AltCLIP registered: {out}, expected {hook} (hook {'on' if hook else 'off'})")
                 times[which].append(seconds)
         reference, measured = (statistics.median(t) for t in times)
-        print(f"{line}: {reference:.3f} s / {measured:.3f} s = {measured / reference:.2f}x, "
-              f"{1000 * (measured - reference):+.0f} ms")
+        print(
+            f"{line}: {reference:.3f} s / {measured:.3f} s = {measured / reference:.2f}x, "
+            f"{1000 * (measured - reference):+.0f} ms"
+        )
 
 
 if __name__ == "__main__":

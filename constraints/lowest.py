@@ -30,7 +30,10 @@ LOWER = (">=", "==", "~=")  # operators whose version is the lowest one admitted
 def requirements(pyproject: dict) -> list[Requirement]:
     """The direct requirements of the package and of all its extras (self-references left out)."""
     project = pyproject["project"]
-    lines = [*project.get("dependencies", []), *(r for extra in project.get("optional-dependencies", {}).values() for r in extra)]
+    lines = [
+        *project.get("dependencies", []),
+        *(r for extra in project.get("optional-dependencies", {}).values() for r in extra),
+    ]
     own = canonicalize_name(project["name"])
     return [req for req in map(Requirement, lines) if canonicalize_name(req.name) != own]
 

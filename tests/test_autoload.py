@@ -55,8 +55,10 @@ print(json.dumps(report))
 """
 BREAKERS = {  # how a registration can fail, and what its warning names
     "a future open_clip": (
-        "import sys, types; version = types.ModuleType('open_clip.version'); version.__version__ = '4.1.0'; "
-        "sys.modules['open_clip.version'] = version",  # the real open_clip, announcing itself as 4.1.0
+        (  # the real open_clip, announcing itself as 4.1.0
+            "import sys, types; version = types.ModuleType('open_clip.version'); version.__version__ = '4.1.0'; "
+            "sys.modules['open_clip.version'] = version"
+        ),
         f"only open_clip_torch{SUPPORTED_OPEN_CLIP} is supported",
     ),
     "a bug of ours": (
@@ -71,7 +73,12 @@ def python(code: str, hook: bool = True, **env: str) -> subprocess.CompletedProc
     environ = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", **env}
     environ["ALTCLIP_ADAPTERS_NO_AUTOLOAD"] = "0" if hook else "1"
     return subprocess.run(
-        [sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, timeout=300, env=environ, check=False
+        [sys.executable, "-W", "always", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environ,
+        check=False,
     )
 
 
@@ -91,15 +98,24 @@ def test_a_failed_registration_warns_once_and_refuses_only_altclip(breaker):
     result = python(f"{setup}\n{PROBE}")
     got = report(result)
     warnings = ours(result.stderr)
-    assert len(warnings) == 1 and "RuntimeWarning: AltCLIP is not registered with open_clip" in warnings[0], result.stderr
+    assert len(warnings) == 1 and "RuntimeWarning: AltCLIP is not registered with open_clip" in warnings[0], (
+        result.stderr
+    )
     assert cause in warnings[0] and "ALTCLIP_ADAPTERS_NO_AUTOLOAD=1" in warnings[0]
     assert got["registered"] is False
-    for entry_point in ("create_model", "create_model_and_transforms", "create_model_from_pretrained", "get_tokenizer",
-                        "local_dir"):
+    for entry_point in (
+        "create_model",
+        "create_model_and_transforms",
+        "create_model_from_pretrained",
+        "get_tokenizer",
+        "local_dir",
+    ):
         assert got[entry_point].startswith("RuntimeError: open_clip has no AltCLIP model"), (entry_point, got)
         assert cause in got[entry_point] and got[entry_point].endswith(("<- ImportError", "<- ModuleNotFoundError"))
     assert got["other_model"] == got["other_tokenizer"] == "ok"
-    assert got["register"].startswith(("ImportError", "ModuleNotFoundError")) and cause in got["register"]  # it may raise
+    assert (
+        got["register"].startswith(("ImportError", "ModuleNotFoundError")) and cause in got["register"]
+    )  # it may raise
     alone = python(f"{setup}\nimport open_clip", hook=False)  # the oracle, and the switch that silences the warning
     assert alone.returncode == 0 and ours(alone.stderr) == []
 
@@ -116,7 +132,10 @@ def test_a_missing_dependency_of_the_core_fails_the_build_not_the_import(missing
     assert result.returncode == 0 and ours(result.stderr) == [], result.stderr[-3000:]
     registered, error = result.stdout.splitlines()
     assert registered == "True"
-    assert error.startswith("open_clip cannot build AltCLIP: importing altclip_adapters' model failed") and missing in error
+    assert (
+        error.startswith("open_clip cannot build AltCLIP: importing altclip_adapters' model failed")
+        and missing in error
+    )
 
 
 def test_a_broken_hook_at_interpreter_start_is_one_warning(tmp_path):
@@ -143,7 +162,9 @@ HEAVY = [  # what building AltCLIP imports and registering it must not
 
 
 def test_registration_imports_neither_the_core_nor_transformers_models():
-    code = f"import sys, open_clip; print('AltCLIP-m18' in open_clip.list_models(), [m for m in {HEAVY!r} if m in sys.modules])"
+    code = (
+        f"import sys, open_clip; print('AltCLIP' in open_clip.list_models(), [m for m in {HEAVY} if m in sys.modules])"
+    )
     result = python(code)
     assert result.returncode == 0 and "AltCLIP" not in result.stderr, result.stderr[-3000:]
     assert result.stdout.strip() == "True []"

@@ -204,6 +204,26 @@ def test_batch_handler_bounds_batches_and_keeps_modalities_apart(tiny_dir, pictu
         BatchHandler(embedder, max_batch_size=0)
 
 
+def test_batch_handler_limits_and_failures(tiny_dir):
+    from altclip_adapters.serve.batching import Overloaded
+
+    handler = BatchHandler(Embedder.from_pretrained(tiny_dir, num_workers=0), max_pending=2)
+    with pytest.raises(RuntimeError, match="call start"):
+        asyncio.run(handler.embed_texts(["a"]))
+    handler.start()
+    try:
+        with pytest.raises(Overloaded, match="at most 2"):
+            asyncio.run(handler.embed_texts(["a", "b", "c"]))
+        forward = handler._forward
+        handler._forward = lambda modality, items: 1 / 0  # a forward pass that fails fails its requests only
+        with pytest.raises(ZeroDivisionError):
+            asyncio.run(handler.embed_texts(["a"]))
+        handler._forward = forward
+        assert asyncio.run(handler.embed_texts(["a", "b"]))[0].shape == (2, 16)
+    finally:
+        handler.stop()
+
+
 # bad requests: OpenAI's error shape, a message naming the problem, and the server keeps serving --------
 BAD_REQUESTS = [
     ({"model": MODEL, "input": [101, 2023, 102]}, 400, ("token arrays are not supported", "check_embedding_ctx_length"), "input"),
@@ -428,7 +448,7 @@ def test_metadata_becomes_json():
 
 def test_load_benchmark_runs(tiny_dir):
     bench = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"
-    command = [sys.executable, str(bench), "--checkpoint", str(tiny_dir), "--clients", "4", "--requests", "16", "--seconds", "3"]
+    command = [sys.executable, str(bench), "--checkpoint", str(tiny_dir), "--clients", "4", "--requests", "16", "--seconds", "3", "--rounds", "1"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for line in ("batched (max 64, 5 ms)", "batching off (max 1)", "4 clients / 1 client (one at a time):",

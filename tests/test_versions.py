@@ -46,7 +46,7 @@ def test_bounds_markers_and_missing_bounds():
         "dependencies": ["a[extra]>=1.2,<2", "b>=0.5; python_version < '3.12'"],
         "optional-dependencies": {"x": ["a>=1.4", "demo-package[y]"], "y": ["c==3.1"]},
     }
-    assert lowest.lowest({"project": project}) == ['a==1.4', 'b==0.5; python_version < "3.12"', "c==3.1"]
+    assert lowest.lowest({"project": project}) == ["a==1.4", 'b==0.5; python_version < "3.12"', "c==3.1"]
     project["optional-dependencies"]["y"] = ["c", "d<2"]
     with pytest.raises(ValueError, match="no lower bound declared in pyproject.toml for: c, d<2"):
         lowest.lowest({"project": project})

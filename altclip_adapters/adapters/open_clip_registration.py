@@ -35,7 +35,11 @@ def open_clip_config(config: AltCLIPConfig, tokenizer: str, context_length: int)
         "embed_dim": config.projection_dim,
         "custom_text": True,  # sends create_model to CustomTextCLIP, where the dispatch sits
         "vision_cfg": {"image_size": config.vision.image_size},
-        "text_cfg": {"context_length": context_length, "vocab_size": config.text.vocab_size, "hf_tokenizer_name": tokenizer},
+        "text_cfg": {
+            "context_length": context_length,
+            "vocab_size": config.text.vocab_size,
+            "hf_tokenizer_name": tokenizer,
+        },
         MARKER: config.to_dict(),
     }
 
@@ -46,7 +50,8 @@ def _model_class() -> type:
         from .open_clip import AltCLIPOpenCLIP
     except Exception as error:
         raise ImportError(
-            f"open_clip cannot build AltCLIP: importing altclip_adapters' model failed ({type(error).__name__}: {error})"
+            f"open_clip cannot build AltCLIP: importing altclip_adapters' model failed "
+            f"({type(error).__name__}: {error})"
         ) from error
     return AltCLIPOpenCLIP
 
@@ -87,7 +92,9 @@ def check_open_clip() -> None:
     if not isinstance(getattr(pretrained, "_PRETRAINED", None), dict):
         problems.append("open_clip.pretrained._PRETRAINED is missing")
     if problems:
-        raise ImportError(f"altclip_adapters cannot register AltCLIP with open_clip {open_clip.__version__}: {'; '.join(problems)}")
+        raise ImportError(
+            f"altclip_adapters cannot register AltCLIP with open_clip {open_clip.__version__}: {'; '.join(problems)}"
+        )
 
 
 def register() -> None:
@@ -100,7 +107,9 @@ def register() -> None:
 
     for name, card in registry.cards().items():
         config = AltCLIPConfig.from_dict(card["architecture"])
-        factory._MODEL_CONFIGS[name] = open_clip_config(config, card["hub"]["repo_id"], card["tokenizer"]["context_length"])
+        factory._MODEL_CONFIGS[name] = open_clip_config(
+            config, card["hub"]["repo_id"], card["tokenizer"]["context_length"]
+        )
         prep = card["preprocessing"]
         pretrained._PRETRAINED.setdefault(name, {})[PRETRAINED_TAG] = {
             "url": "",
