@@ -1,9 +1,9 @@
 """Ray's overhead: the same images, the same worker (one model, the same CPUs), with and without Ray, in one run.
 
-    python benchmarks/ray_overhead.py                          # CPU: ViT-B/32 random weights, 1 worker CPU, ~4 min
-    python benchmarks/ray_overhead.py --device cuda --shape full --images-per-shard 2048 --shards 8 --cpus 8
+    python benchmarks/ray_overhead.py          # CPU: ViT-B/32 random weights, 96 JPEGs, 1 worker CPU, ~8 min on 2 cores
+    python benchmarks/ray_overhead.py --device cuda --shape full --shards 8 --images-per-shard 2048 --cpus 12 --batch-size 256 --rounds 2
 
-Writes ``--shards`` webdataset tars of ``--images-per-shard`` 640x480 JPEGs (smooth random pictures, ~60 KB
+Writes ``--shards`` webdataset tars of ``--images-per-shard`` 640x480 JPEGs (smooth random pictures, ~40 KB
 each, as img2dataset stores photos) and times, alternating for ``--rounds`` rounds and keeping each one's best:
 
 - ``Embedder.images``: the single-process pipeline over the same JPEGs as files (the reference);
@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--shape", default="b32", choices=["tiny", "b32", "full"], help="random checkpoint (b32: ViT-B/32 at 224)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--shards", type=int, default=4)
-    parser.add_argument("--images-per-shard", type=int, default=48)
+    parser.add_argument("--images-per-shard", type=int, default=24)
     parser.add_argument("--cpus", type=int, default=1, help="CPUs (torch threads, or decoding workers on cuda) of the worker")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=4, help="alternating rounds; each measure goes first in one of every 4")

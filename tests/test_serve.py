@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -31,6 +32,7 @@ MODEL = "altclip-tiny"
 MAX_BYTES = 2**20
 MAX_INPUTS = 64
 TEXTS = ["a photo of a cat", "一只狗的照片", "猫の写真", "ein Foto von einem Hund", "x", "صورة قطة"]
+NAMES = ["scene_0.png", "scene_1.png", "scène 2 猫.png", "scene_3.png", "escape.png"]  # files under images/, by row
 
 
 def data_uri(image: Image.Image, format: str = "PNG") -> str:
@@ -58,8 +60,8 @@ def collection(tmp_path_factory, tiny_dir, pictures):
     (root / "outside").mkdir()
     rows = []
     for i, picture in enumerate(pictures[:4]):
-        picture.save(root / "images" / f"scene_{i}.png")
-        rows.append({"image": picture, "image_path": f"images/scene_{i}.png", "caption": SCENES[i][0]})
+        picture.save(root / "images" / NAMES[i])
+        rows.append({"image": picture, "image_path": f"images/{NAMES[i]}", "caption": SCENES[i][0]})
     pictures[4].save(root / "outside" / "secret.png")
     (root / "images" / "escape.png").symlink_to(root / "outside" / "secret.png")
     rows.append({"image": pictures[4], "image_path": "images/escape.png", "caption": "a symlink leading out"})
@@ -302,7 +304,7 @@ def test_search_by_text(server, core, collection):
         row = result["row"]
         assert result["metadata"]["caption"] == ([s[0] for s in SCENES[:4]] + ["a symlink leading out", "a remote image"])[row]
         if row < 5:
-            name = "escape.png" if row == 4 else f"scene_{row}.png"
+            name = quote(NAMES[row])
             assert result["file"] == f"/files/{name}" and result["thumbnail"] == f"/thumbnails/{name}"
         else:
             assert result["file"] == result["thumbnail"] == "https://example.com/remote.jpg"
@@ -354,9 +356,11 @@ def raw_get(server, path: str) -> tuple[int, bytes]:
         connection.close()
 
 
-def test_collection_files_are_served(server, collection):
-    status, body = raw_get(server, "/files/scene_1.png")
-    assert status == 200 and body == (collection[1] / "images" / "scene_1.png").read_bytes()
+@pytest.mark.parametrize("name", ["scene_1.png", "scène 2 猫.png"])
+def test_collection_files_are_served(server, collection, name):
+    status, body = raw_get(server, "/files/" + quote(name))
+    assert status == 200 and body == (collection[1] / "images" / name).read_bytes()
+    assert raw_get(server, "/thumbnails/" + quote(name))[0] == 200
 
 
 @pytest.mark.parametrize("route", ["/files/", "/thumbnails/"])

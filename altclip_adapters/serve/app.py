@@ -150,6 +150,7 @@ def create_app(
     ``/files`` and ``/thumbnails`` may read (None: none); ``thumbnails``: where thumbnails are cached
     (None: ``/thumbnails`` answers 404).
     """
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         handler.start()
