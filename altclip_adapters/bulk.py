@@ -66,8 +66,10 @@ def modalities(sources: Sequence[ShardSource], requested: str | None = None) -> 
     if kind in ("images", "texts"):
         held = ("image",) if kind == "images" else ("text",)
         if requested not in (None, held[0]):
-            raise ValueError(f"{'image files' if kind == 'images' else 'text lines'} give {held[0]} embeddings only; "
-                             f"--modality {requested} needs webdataset or parquet shards with images and captions")
+            raise ValueError(
+                f"{'image files' if kind == 'images' else 'text lines'} give {held[0]} embeddings only; "
+                f"--modality {requested} needs webdataset or parquet shards with images and captions"
+            )
         return held
     if requested is None:
         return ("image", "text") if sources[0].has_captions() else ("image",)
@@ -111,7 +113,9 @@ class ShardEmbedder:
     is reported (``written=False``) instead of raised; an error while writing (a full disk) is raised.
     """
 
-    def __init__(self, embedder: Embedder, folder: str | Path, *, model: str, modalities: Sequence[str], dtype: str = "float16"):
+    def __init__(
+        self, embedder: Embedder, folder: str | Path, *, model: str, modalities: Sequence[str], dtype: str = "float16"
+    ):
         from .store import EmbeddingWriter
 
         if not modalities or set(modalities) - {"image", "text"}:
@@ -128,16 +132,33 @@ class ShardEmbedder:
         try:
             shard = source.read()
         except (OSError, ValueError) as e:  # one unreadable input file does not stop a run over many
-            return ShardReport(source.shard_id, source.name, 0, error=f"{source.name}: not written: {e}",
-                               written=False, worker=self.worker, started=started, finished=time.time())
-        report = ShardReport(source.shard_id, source.name, 0, list(shard.skipped), shard.missing_images, shard.error,
-                             worker=self.worker, started=started)
+            return ShardReport(
+                source.shard_id,
+                source.name,
+                0,
+                error=f"{source.name}: not written: {e}",
+                written=False,
+                worker=self.worker,
+                started=started,
+                finished=time.time(),
+            )
+        report = ShardReport(
+            source.shard_id,
+            source.name,
+            0,
+            list(shard.skipped),
+            shard.missing_images,
+            shard.error,
+            worker=self.worker,
+            started=started,
+        )
         samples = shard.samples
+        where = (lambda s: f"{source.path}:{s.key}: ") if source.path else (lambda s: "")  # file paths name themselves
         if "text" in self.modalities:
-            report.skipped += [f"{source.name}:{s.key}: no caption" for s in samples if s.caption is None]
+            report.skipped += [f"{where(s)}no caption" for s in samples if s.caption is None]
             samples = [s for s in samples if s.caption is not None]
         if "image" in self.modalities:
-            report.skipped += [f"{source.name}:{s.key}: no image" for s in samples if s.image is None]
+            report.skipped += [f"{where(s)}no image" for s in samples if s.image is None]
             samples = [s for s in samples if s.image is not None]
         dim = self.embedder.model.config.projection_dim
         arrays = {}
@@ -147,7 +168,7 @@ class ShardEmbedder:
             for batch in self.embedder.iter_images([s.image for s in samples]) if samples else ():
                 images[batch.indices] = batch.embeddings.numpy()
                 readable[batch.indices] = True
-                report.skipped += [f"{source.name}:{samples[i].key}: {message}" for i, message in batch.errors]
+                report.skipped += [f"{where(samples[i])}{message}" for i, message in batch.errors]
             samples = [s for s, ok in zip(samples, readable) if ok]
             arrays["image_embeddings"] = images[readable]
         if "text" in self.modalities:
@@ -159,8 +180,11 @@ class ShardEmbedder:
         return report
 
 
-def run(worker: Callable[[ShardSource], ShardReport], sources: Sequence[ShardSource],
-        on_report: Callable[[ShardReport], None] | None = None) -> list[ShardReport]:
+def run(
+    worker: Callable[[ShardSource], ShardReport],
+    sources: Sequence[ShardSource],
+    on_report: Callable[[ShardReport], None] | None = None,
+) -> list[ShardReport]:
     """Run ``worker`` over ``sources`` in this process, in order; ``on_report`` sees each report as it comes."""
     reports = []
     for source in sources:

@@ -168,9 +168,15 @@ def add_embeddings(
     return ds.map_batches(
         AltCLIPEmbedder,
         fn_constructor_kwargs=dict(
-            model=model, modality=modality, column=column, output_column=output_column, error_column=error_column,
-            device="cuda" if gpu else "cpu", num_threads=None if gpu else num_cpus,
-            batch_size=batch_size, **embedder_kwargs,
+            model=model,
+            modality=modality,
+            column=column,
+            output_column=output_column,
+            error_column=error_column,
+            device="cuda" if gpu else "cpu",
+            num_threads=None if gpu else num_cpus,
+            batch_size=batch_size,
+            **embedder_kwargs,
         ),
         batch_size=batch_size,
         compute=compute or ray.data.ActorPoolStrategy(size=actors),
@@ -182,8 +188,18 @@ class _ShardActor:
     """The Ray actor of :func:`run`: a :class:`~altclip_adapters.bulk.ShardEmbedder` per actor; one
     input shard per row in (``shard_id``, ``kind``, ``path``, ``items``), one JSON report per row out."""
 
-    def __init__(self, model: str, folder: str, *, model_reference: str, modalities: Sequence[str], dtype: str,
-                 device: str, num_threads: int | None, embedder_kwargs: dict[str, Any]):
+    def __init__(
+        self,
+        model: str,
+        folder: str,
+        *,
+        model_reference: str,
+        modalities: Sequence[str],
+        dtype: str,
+        device: str,
+        num_threads: int | None,
+        embedder_kwargs: dict[str, Any],
+    ):
         embedder = _embedder(model, device, num_threads, embedder_kwargs)
         self.worker = ShardEmbedder(embedder, folder, model=model_reference, modalities=modalities, dtype=dtype)
 
@@ -231,9 +247,14 @@ def run(
     ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
         _ShardActor,
         fn_constructor_kwargs=dict(
-            model=model, folder=str(Path(folder).resolve()), model_reference=model_reference,
-            modalities=tuple(modalities), dtype=dtype, device="cuda" if gpu else "cpu",
-            num_threads=None if gpu else num_cpus, embedder_kwargs=dict(embedder_kwargs or {}),
+            model=model,
+            folder=str(Path(folder).resolve()),
+            model_reference=model_reference,
+            modalities=tuple(modalities),
+            dtype=dtype,
+            device="cuda" if gpu else "cpu",
+            num_threads=None if gpu else num_cpus,
+            embedder_kwargs=dict(embedder_kwargs or {}),
         ),
         batch_size=1,
         # one shard in flight per actor: a lost or slow actor holds back one shard, not a queue of them

@@ -42,7 +42,9 @@ SHARD_SIZE = 10_000  # items per output shard for file and text-line inputs (img
 IMAGE_EXTENSIONS = tuple(sorted(s.lstrip(".") for s in IMAGE_SUFFIXES))  # tar members / parquet columns
 PARQUET_IMAGE_COLUMNS = ("jpg", "png", "webp", "jpeg")  # img2dataset's encode formats, in its preference order
 KINDS = ("tar", "parquet", "images", "texts")
-TAR_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error)  # how a truncated or corrupt tar stream breaks
+# how a truncated or corrupt tar stream breaks; an OSError (a failing disk or mount) is raised instead, so the
+# shard is not written and a rerun retries it
+TAR_ERRORS = (tarfile.TarError, EOFError, zlib.error)
 SKIPPED_MEMBERS = r"__[^/]*__($|/)"  # webdataset's meta members (``tar_file_iterator``'s ``skip_meta``)
 
 
@@ -173,7 +175,10 @@ def plan(patterns: Sequence[str], *, shard_size: int = SHARD_SIZE) -> list[Shard
         kind = "texts"
     else:
         items, kind = [str(p) for p in find_images(paths)], "images"
-    return [ShardSource(i, kind, None, tuple(items[s : s + shard_size])) for i, s in enumerate(range(0, len(items), shard_size))]
+    return [
+        ShardSource(i, kind, None, tuple(items[s : s + shard_size]))
+        for i, s in enumerate(range(0, len(items), shard_size))
+    ]
 
 
 def _json_fields(data: bytes, where: str) -> dict[str, Any]:
@@ -262,7 +267,11 @@ def read_tar(path: str) -> Shard:
         if key is not None:
             flush()
         return shard
-    last = f"after {len(shard.samples)} samples (last complete: {shard.samples[-1].key})" if shard.samples else "before its first sample"
+    last = (
+        f"after {len(shard.samples)} samples (last complete: {shard.samples[-1].key})"
+        if shard.samples
+        else "before its first sample"
+    )
     shard.error = f"{path}: truncated or corrupt {last}: {reason}; the rest of this shard is skipped"
     return shard
 

@@ -1,7 +1,8 @@
 """Ray's overhead: the same images, the same worker (one model, the same CPUs), with and without Ray, in one run.
 
     python benchmarks/ray_overhead.py          # CPU: ViT-B/32 random weights, 96 JPEGs, 1 worker CPU, ~8 min on 2 cores
-    python benchmarks/ray_overhead.py --device cuda --shape full --shards 8 --images-per-shard 2048 --cpus 12 --batch-size 256 --rounds 2
+    python benchmarks/ray_overhead.py --device cuda --shape full --shards 8 --images-per-shard 2048 \
+        --cpus 12 --batch-size 256 --rounds 2
 
 Writes ``--shards`` webdataset tars of ``--images-per-shard`` 640x480 JPEGs (smooth random pictures, ~40 KB
 each, as img2dataset stores photos) and times, alternating for ``--rounds`` rounds and keeping each one's best:
@@ -36,7 +37,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from altclip_adapters.bulk import ShardEmbedder, run as run_here
+from altclip_adapters.bulk import ShardEmbedder
+from altclip_adapters.bulk import run as run_here
 from altclip_adapters.pipeline import Embedder
 from altclip_adapters.shards import ShardSource
 from altclip_adapters.tiny import make_checkpoint
@@ -72,14 +74,22 @@ def write_inputs(folder: Path, shards: int, per_shard: int) -> tuple[list[Path],
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", default="b32", choices=["tiny", "b32", "full"], help="random checkpoint (b32: ViT-B/32 at 224)")
+    parser.add_argument(
+        "--shape", default="b32", choices=["tiny", "b32", "full"], help="random checkpoint (b32: ViT-B/32 at 224)"
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--images-per-shard", type=int, default=24)
-    parser.add_argument("--cpus", type=int, default=1, help="CPUs (torch threads, or decoding workers on cuda) of the worker")
+    parser.add_argument(
+        "--cpus", type=int, default=1, help="CPUs (torch threads, or decoding workers on cuda) of the worker"
+    )
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds; each measure goes first in one of every 4")
-    parser.add_argument("--workdir", type=Path, help="keep the checkpoint and the shards here (default: a temporary folder)")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="alternating rounds; each measure goes first in one of every 4"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, help="keep the checkpoint and the shards here (default: a temporary folder)"
+    )
     args = parser.parse_args()
 
     import ray
@@ -100,9 +110,13 @@ def main() -> None:
     options = dict(batch_size=args.batch_size, num_workers=args.cpus if gpu else 0)
     if not gpu:
         torch.set_num_threads(args.cpus)
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, ray {ray.__version__}; "
-          f"model: random {args.shape}; {count} JPEGs 640x480 in {len(tars)} tars; worker: {args.cpus} CPU(s), "
-          f"batch {args.batch_size}, {args.device}", flush=True)
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"ray {ray.__version__}; "
+        f"model: random {args.shape}; {count} JPEGs 640x480 in {len(tars)} tars; worker: {args.cpus} CPU(s), "
+        f"batch {args.batch_size}, {args.device}",
+        flush=True,
+    )
 
     embedder = Embedder.from_pretrained(checkpoint, device=args.device, **options)
     embedder.images(files[: args.batch_size])  # warm
@@ -132,8 +146,18 @@ def main() -> None:
 
         out = Path(tempfile.mkdtemp(dir=work))
         start = time.perf_counter()
-        reports = run(sources, out, model=str(checkpoint), model_reference=str(checkpoint), modalities=("image",),
-                      dtype="float16", actors=1, num_gpus=1 if gpu else 0, num_cpus=args.cpus, embedder_kwargs=options)
+        reports = run(
+            sources,
+            out,
+            model=str(checkpoint),
+            model_reference=str(checkpoint),
+            modalities=("image",),
+            dtype="float16",
+            actors=1,
+            num_gpus=1 if gpu else 0,
+            num_cpus=args.cpus,
+            embedder_kwargs=options,
+        )
         elapsed = time.perf_counter() - start
         shutil.rmtree(out)
         rate, rows = window(reports)
@@ -144,8 +168,16 @@ def main() -> None:
 
         start = time.perf_counter()
         ds = ray.data.read_webdataset([str(t) for t in tars], decoder=None)
-        ds = add_embeddings(ds, model=str(checkpoint), column="jpg", batch_size=args.batch_size, actors=1,
-                            num_gpus=1 if gpu else 0, num_cpus=None if gpu else args.cpus, num_workers=0)
+        ds = add_embeddings(
+            ds,
+            model=str(checkpoint),
+            column="jpg",
+            batch_size=args.batch_size,
+            actors=1,
+            num_gpus=1 if gpu else 0,
+            num_cpus=None if gpu else args.cpus,
+            num_workers=0,
+        )
         rows = sum(len(batch["embedding"]) for batch in ds.iter_batches(batch_size=None, batch_format="numpy"))
         return None, rows / (time.perf_counter() - start)
 
@@ -153,17 +185,25 @@ def main() -> None:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
-    best: dict[str, list[float | None]] = {name: [None, None] for name in ("Embedder.images", "local job", "Ray job",
-                                                                           "Ray Data add_embeddings")}
-    measures = [("Embedder.images", reference), ("local job", local_job), ("Ray job", ray_job),
-                ("Ray Data add_embeddings", ray_data)]
+    best: dict[str, list[float | None]] = {
+        name: [None, None] for name in ("Embedder.images", "local job", "Ray job", "Ray Data add_embeddings")
+    }
+    measures = [
+        ("Embedder.images", reference),
+        ("local job", local_job),
+        ("Ray job", ray_job),
+        ("Ray Data add_embeddings", ray_data),
+    ]
     for round_ in range(args.rounds):
         for name, measure in measures[round_ % 4 :] + measures[: round_ % 4]:  # each goes first in some round
             result = measure()
             result = result if isinstance(result, tuple) else (result, result)
             best[name] = [None if r is None else max(r, b or 0.0) for r, b in zip(result, best[name])]
             steady = "-" if result[0] is None else f"{result[0]:.2f}"
-            print(f"  round {round_ + 1}: {name}: {steady} img/s in the workers' window, {result[1]:.2f} end-to-end", flush=True)
+            print(
+                f"  round {round_ + 1}: {name}: {steady} img/s in the workers' window, {result[1]:.2f} end-to-end",
+                flush=True,
+            )
     ray.shutdown()
     base = best["Embedder.images"][0]
     print(f"\n{'line':<26} {'window img/s':>12} {'vs Embedder':>11} {'end-to-end img/s':>16} {'vs Embedder':>11}")

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 
-ray = pytest.importorskip("ray")
+from altclip_adapters.cli import main
+from altclip_adapters.pipeline import Embedder
+from altclip_adapters.ray import add_embeddings, run
+from altclip_adapters.shards import ShardSource
+from altclip_adapters.store import read_embeddings
+
 pytestmark = pytest.mark.ray
-
-from altclip_adapters.cli import main  # noqa: E402
-from altclip_adapters.pipeline import Embedder  # noqa: E402
-from altclip_adapters.ray import add_embeddings, run  # noqa: E402
-from altclip_adapters.shards import ShardSource  # noqa: E402
-from altclip_adapters.store import read_embeddings  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +57,9 @@ def test_read_images_arrays(local_ray, tiny_dir, shard_inputs, reference):
 
 
 @pytest.mark.parametrize("column", ["bytes", "path"])
-def test_read_binary_files_bytes_or_paths_with_an_unreadable_file(local_ray, tiny_dir, shard_inputs, reference, tmp_path, column):
+def test_read_binary_files_bytes_or_paths_with_an_unreadable_file(
+    local_ray, tiny_dir, shard_inputs, reference, tmp_path, column
+):
     folder = tmp_path / "images"
     folder.mkdir()
     for path in shard_inputs["files"]:
@@ -83,12 +85,25 @@ def test_read_webdataset_images_and_captions(local_ray, tiny_dir, shard_inputs, 
     """Two actor pools of half a CPU each, chained: image bytes and caption bytes of the same samples."""
     ds = ray.data.read_webdataset([str(t) for t in shard_inputs["tars"]], decoder=None)
     # the samples alternate .jpg and .png members: each row has bytes in one column, a null in the other
-    ds = ds.map(lambda row: {"key": row["__key__"], "text": row["txt"],
-                             "image": next(row[ext] for ext in ("jpg", "png") if isinstance(row.get(ext), bytes))})
-    ds = add_embeddings(ds, model=str(tiny_dir), batch_size=4, num_cpus=0.5, output_column="image_embedding",
-                        error_column="image_error")
-    ds = add_embeddings(ds, model=str(tiny_dir), modality="text", batch_size=4, num_cpus=0.5,
-                        output_column="text_embedding", error_column="text_error")
+    ds = ds.map(
+        lambda row: {
+            "key": row["__key__"],
+            "text": row["txt"],
+            "image": next(row[ext] for ext in ("jpg", "png") if isinstance(row.get(ext), bytes)),
+        }
+    )
+    ds = add_embeddings(
+        ds, model=str(tiny_dir), batch_size=4, num_cpus=0.5, output_column="image_embedding", error_column="image_error"
+    )
+    ds = add_embeddings(
+        ds,
+        model=str(tiny_dir),
+        modality="text",
+        batch_size=4,
+        num_cpus=0.5,
+        output_column="text_embedding",
+        error_column="text_error",
+    )
     rows = {row["key"]: row for row in ds.take_all()}
     for i, key in enumerate(shard_inputs["keys"]):
         assert rows[key]["image_error"] == "" and rows[key]["text_error"] == ""
@@ -97,13 +112,33 @@ def test_read_webdataset_images_and_captions(local_ray, tiny_dir, shard_inputs, 
 
 
 @pytest.mark.parametrize("inputs", ["folder", "tars", "parquet"])
-def test_embed_ray_writes_what_a_local_run_writes(local_ray, tiny_dir, shard_inputs, reference, tmp_path, capsys, inputs):
+def test_embed_ray_writes_what_a_local_run_writes(
+    local_ray, tiny_dir, shard_inputs, reference, tmp_path, capsys, inputs
+):
     root = shard_inputs["root"]
-    paths = {"folder": [f"{root}/images", "--shard-size", "3"], "tars": [f"{root}/{{00000..00001}}.tar"],
-             "parquet": [str(shard_inputs["parquet"])]}[inputs]
+    paths = {
+        "folder": [f"{root}/images", "--shard-size", "3"],
+        "tars": [f"{root}/{{00000..00001}}.tar"],
+        "parquet": [str(shard_inputs["parquet"])],
+    }[inputs]
     out = tmp_path / "emb"
-    assert main(["embed", *paths, "--out", str(out), "--model", str(tiny_dir), "--store-dtype", "float32", "--quiet",
-                 "--ray"]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                *paths,
+                "--out",
+                str(out),
+                "--model",
+                str(tiny_dir),
+                "--store-dtype",
+                "float32",
+                "--quiet",
+                "--ray",
+            ]
+        )
+        == 0
+    )
     images, metadata = read_embeddings(out)
     np.testing.assert_allclose(images, reference[0], atol=1e-5)
     if inputs != "folder":
@@ -120,10 +155,17 @@ def test_embed_ray_reports_a_truncated_shard_and_finishes_the_rest(local_ray, ti
     (shards / "00000.tar").write_bytes(data[: data.index(f"{shard_inputs['keys'][2]}.".encode()) + 700])
     (shards / "00001.tar").write_bytes(shard_inputs["tars"][1].read_bytes())
     out = tmp_path / "emb"
-    assert main(["embed", f"{shards}/{{00000..00001}}.tar", "--out", str(out), "--model", str(tiny_dir), "--quiet",
-                 "--ray"]) == 0
+    assert (
+        main(
+            ["embed", f"{shards}/{{00000..00001}}.tar", "--out", str(out), "--model", str(tiny_dir), "--quiet", "--ray"]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
-    assert f"{shards}/00000.tar: truncated or corrupt after 2 samples (last complete: {shard_inputs['keys'][1]})" in captured.err
+    assert (
+        f"{shards}/00000.tar: truncated or corrupt after 2 samples (last complete: {shard_inputs['keys'][1]})"
+        in captured.err
+    )
     assert "wrote 6 image and text embedding rows in 2 shards" in captured.out
     keys = shard_inputs["keys"]
     assert read_embeddings(out)[1].column("key").to_pylist() == keys[:2] + keys[4:]
@@ -141,19 +183,30 @@ def _readers_of(path: Path) -> list[int]:
     return pids
 
 
-def _open_writer(fifo: Path, deadline: float) -> int:
-    """The write end of ``fifo`` once a process opens it for reading (polled, never past ``deadline``)."""
+def _open_writer(fifo: Path, deadline: float, old_readers: tuple[int, ...] = ()) -> tuple[int, list[int]]:
+    """(the write end of ``fifo``, the readers) once a process other than ``old_readers`` opens it for reading
+    (polled, never past ``deadline``). A killed reader's end of the pipe can outlive it by a moment: an open that
+    succeeds without a new reader in sight is closed and tried again."""
     while time.monotonic() < deadline:
         try:
-            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
         except OSError as e:
             if e.errno != errno.ENXIO:  # ENXIO: no reader yet
                 raise
             time.sleep(0.05)
+            continue
+        seen = time.monotonic() + 2
+        while time.monotonic() < seen:
+            if readers := [pid for pid in _readers_of(fifo) if pid not in old_readers]:
+                return writer, readers
+            time.sleep(0.05)
+        os.close(writer)
     raise TimeoutError(f"no process opened {fifo} for reading")
 
 
-def test_a_killed_actor_is_replaced_and_every_item_is_embedded_once(local_ray, tiny_dir, shard_inputs, reference, tmp_path):
+def test_a_killed_actor_is_replaced_and_every_item_is_embedded_once(
+    local_ray, tiny_dir, shard_inputs, reference, tmp_path
+):
     """Shard 1 is a named pipe: the actor reading it blocks there, mid-shard, until the test writes the tar.
     The test kills that actor's process (SIGKILL) while it waits, then serves the tar to whichever process
     opens the pipe next: Ray restarts the actor and reruns the shard."""
@@ -164,16 +217,14 @@ def test_a_killed_actor_is_replaced_and_every_item_is_embedded_once(local_ray, t
     def kill_then_serve() -> None:
         deadline = time.monotonic() + 120
         try:
-            writer = _open_writer(fifo, deadline)
-            while not (pids := _readers_of(fifo)) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            writer, pids = _open_writer(fifo, deadline)
             killed.extend(pids)
             for pid in pids:
                 os.kill(pid, signal.SIGKILL)
-            while _readers_of(fifo) and time.monotonic() < deadline:  # until the killed process is gone
-                time.sleep(0.05)
             os.close(writer)
-            writer = _open_writer(fifo, deadline)  # the restarted actor, rerunning the shard
+            writer, _ = _open_writer(
+                fifo, deadline, old_readers=tuple(pids)
+            )  # the restarted actor, rerunning the shard
             os.set_blocking(writer, True)
             with os.fdopen(writer, "wb") as pipe:
                 pipe.write(shard_inputs["tars"][1].read_bytes())
@@ -181,13 +232,24 @@ def test_a_killed_actor_is_replaced_and_every_item_is_embedded_once(local_ray, t
             errors.append(e)
 
     context = ray.data.DataContext.get_current()
-    timeout, context.execution_no_progress_timeout_s = context.execution_no_progress_timeout_s, 180
+    # bounds the run if the rerun never comes (Ray Data fails after this long without progress)
+    timeout = getattr(context, "execution_no_progress_timeout_s", None)
+    context.execution_no_progress_timeout_s = 120
     thread = threading.Thread(target=kill_then_serve, daemon=True)
     thread.start()
     try:
         sources = [ShardSource(0, "tar", str(shard_inputs["tars"][0])), ShardSource(1, "tar", str(fifo))]
-        reports = run(sources, tmp_path / "emb", model=str(tiny_dir), model_reference=str(tiny_dir),
-                      modalities=("image", "text"), dtype="float32")
+        try:
+            reports = run(
+                sources,
+                tmp_path / "emb",
+                model=str(tiny_dir),
+                model_reference=str(tiny_dir),
+                modalities=("image", "text"),
+                dtype="float32",
+            )
+        except Exception as e:
+            raise AssertionError(f"the run failed; the killing thread saw: {errors}") from e
     finally:
         context.execution_no_progress_timeout_s = timeout
         thread.join(timeout=10)

@@ -3,14 +3,10 @@
 
 from __future__ import annotations
 
-import json
-import os
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 from conftest import write_tar
 
 from altclip_adapters.cli import main
@@ -67,8 +63,13 @@ def test_read_tar_gives_image_caption_and_json_fields(shard_inputs):
     assert [s.key for s in shard.samples] == shard_inputs["keys"][:4]
     assert [s.caption for s in shard.samples] == shard_inputs["captions"][:4]
     assert [s.image for s in shard.samples] == [f.read_bytes() for f in shard_inputs["files"][:4]]
-    assert shard.samples[1].metadata == {"image_path": "000000001", "caption": "一张照片", "key": "000000001",
-                                         "url": "https://example.com/1.jpg", "width": 40}
+    assert shard.samples[1].metadata == {
+        "image_path": "000000001",
+        "caption": "一张照片",
+        "key": "000000001",
+        "url": "https://example.com/1.jpg",
+        "width": 40,
+    }
 
 
 @pytest.mark.parametrize("cut", ["mid-member", "block boundary"])
@@ -91,11 +92,14 @@ def test_read_tar_reports_where_a_truncated_shard_breaks(shard_inputs, tmp_path,
 
 
 def test_read_tar_names_a_bad_sample_and_keeps_the_rest(tmp_path):
-    path = write_tar(tmp_path / "bad.tar", [
-        {"__key__": "a", "jpg": b"x", "txt": b"\xff\xfe", "json": b"{}"},
-        {"__key__": "b", "jpg": b"y", "txt": b"fine", "json": b"[1]"},
-        {"__key__": "c", "jpg": b"z", "txt": b"ok"},
-    ])
+    path = write_tar(
+        tmp_path / "bad.tar",
+        [
+            {"__key__": "a", "jpg": b"x", "txt": b"\xff\xfe", "json": b"{}"},
+            {"__key__": "b", "jpg": b"y", "txt": b"fine", "json": b"[1]"},
+            {"__key__": "c", "jpg": b"z", "txt": b"ok"},
+        ],
+    )
     shard = read_tar(str(path))
     assert [s.key for s in shard.samples] == ["c"]
     assert len(shard.skipped) == 2
@@ -109,8 +113,14 @@ def test_read_parquet_reads_img2dataset_output(shard_inputs):
     assert [s.key for s in shard.samples] == shard_inputs["keys"]
     assert [s.caption for s in shard.samples] == shard_inputs["captions"]
     assert shard.samples[0].image == shard_inputs["files"][0].read_bytes()
-    assert shard.samples[0].metadata == {"image_path": "000000000", "caption": "a red photo", "url": "https://example.com/0.jpg",
-                                         "key": "000000000", "status": "success", "error_message": None}
+    assert shard.samples[0].metadata == {
+        "image_path": "000000000",
+        "caption": "a red photo",
+        "url": "https://example.com/0.jpg",
+        "key": "000000000",
+        "status": "success",
+        "error_message": None,
+    }
 
 
 def test_read_parquet_refuses_img2dataset_metadata_only_files(tmp_path):
@@ -129,8 +139,20 @@ def test_shard_fingerprint_changes_with_its_items():
 # altclip embed --out DIR ------------------------------------------------------------------------------
 def test_embed_folder_writes_the_layout_and_resumes_by_shard(tiny_dir, shard_inputs, reference, tmp_path, capsys):
     out = tmp_path / "emb"
-    assert embed(shard_inputs["root"] / "images", "--out", out, "--model", tiny_dir, "--shard-size", "3",
-                 "--store-dtype", "float32") == 0
+    assert (
+        embed(
+            shard_inputs["root"] / "images",
+            "--out",
+            out,
+            "--model",
+            tiny_dir,
+            "--shard-size",
+            "3",
+            "--store-dtype",
+            "float32",
+        )
+        == 0
+    )
     assert sorted(p.name for p in (out / "img_emb").iterdir()) == [f"img_emb_00000{i}.npy" for i in range(3)]
     assert sorted(p.name for p in (out / "metadata").iterdir()) == [f"metadata_00000{i}.parquet" for i in range(3)]
     assert not (out / "text_emb").exists()
@@ -143,16 +165,40 @@ def test_embed_folder_writes_the_layout_and_resumes_by_shard(tiny_dir, shard_inp
     kept = {p: p.stat().st_mtime_ns for p in (out / "img_emb").iterdir() if not p.name.endswith("1.npy")}
     (out / "img_emb" / "img_emb_000001.npy").unlink()
     (out / "metadata" / "metadata_000001.parquet").unlink()
-    assert embed(shard_inputs["root"] / "images", "--out", out, "--model", tiny_dir, "--shard-size", "3",
-                 "--store-dtype", "float32") == 0
+    assert (
+        embed(
+            shard_inputs["root"] / "images",
+            "--out",
+            out,
+            "--model",
+            tiny_dir,
+            "--shard-size",
+            "3",
+            "--store-dtype",
+            "float32",
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert "resuming: 2 of 3 shards already in" in captured.err
     assert captured.out.strip() == f"wrote 3 image embedding rows in 1 shard to {out}"
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # the shards already done were not rewritten
     np.testing.assert_allclose(read_embeddings(out)[0], reference[0], atol=1e-5)
 
-    assert embed(shard_inputs["root"] / "images", "--out", out, "--model", tiny_dir, "--shard-size", "3",
-                 "--store-dtype", "float32") == 0
+    assert (
+        embed(
+            shard_inputs["root"] / "images",
+            "--out",
+            out,
+            "--model",
+            tiny_dir,
+            "--shard-size",
+            "3",
+            "--store-dtype",
+            "float32",
+        )
+        == 0
+    )
     assert capsys.readouterr().out.strip() == f"nothing to do: all 3 shards are already in {out}"
 
 
@@ -186,7 +232,7 @@ def test_embed_parquet_leaves_failed_downloads_out(tiny_dir, shard_inputs, refer
     np.testing.assert_allclose(images, reference[0], atol=2e-3)  # float16 storage
     assert metadata.column("status").to_pylist() == ["success"] * 8
     assert not (out / "text_emb").exists()
-    assert "1 rows without an image (failed downloads) left out" in capsys.readouterr().out
+    assert "1 row without an image (failed downloads) left out" in capsys.readouterr().out
 
 
 def test_embed_tars_reports_a_truncated_shard_and_finishes_the_rest(tiny_dir, shard_inputs, tmp_path, capsys):
@@ -195,17 +241,25 @@ def test_embed_tars_reports_a_truncated_shard_and_finishes_the_rest(tiny_dir, sh
     (shards / "00000.tar").write_bytes(shard_inputs["tars"][0].read_bytes())
     data = shard_inputs["tars"][1].read_bytes()
     (shards / "00001.tar").write_bytes(data[: data.index(f"{shard_inputs['keys'][6]}.".encode()) + 600])
-    bad = write_tar(shards / "00002.tar", [{"__key__": "broken", "jpg": b"not an image", "txt": b"caption"},
-                                          {"__key__": "nocaption", "png": shard_inputs["files"][1].read_bytes()}])
+    bad = write_tar(
+        shards / "00002.tar",
+        [
+            {"__key__": "broken", "jpg": b"not an image", "txt": b"caption"},
+            {"__key__": "nocaption", "png": shard_inputs["files"][1].read_bytes()},
+        ],
+    )
     out = tmp_path / "emb"
     assert embed(f"{shards}/{{00000..00002}}.tar", "--out", out, "--model", tiny_dir) == 0
     captured = capsys.readouterr()
-    assert f"altclip: {shards}/00001.tar: truncated or corrupt after 2 samples (last complete: {shard_inputs['keys'][5]})" in captured.err
-    assert f"altclip: skipped: {bad}:broken: " in captured.err
+    assert (
+        f"altclip: {shards}/00001.tar: truncated or corrupt after 2 samples (last complete: {shard_inputs['keys'][5]})"
+        in captured.err
+    )
+    assert f"altclip: skipped: {bad}:broken: cannot read" in captured.err
     assert f"altclip: skipped: {bad}:nocaption: no caption" in captured.err
     assert captured.out.strip() == (
         f"wrote 6 image and text embedding rows in 3 shards to {out}; 2 unreadable or incomplete samples skipped "
-        "(listed above); 1 truncated shards (listed above) written up to the break"
+        "(listed above); 1 truncated shard (listed above) written up to the break"
     )
     assert read_embeddings(out)[1].column("key").to_pylist() == shard_inputs["keys"][:6]
 
@@ -251,9 +305,27 @@ def test_a_shard_that_cannot_be_read_is_reported_and_retried_by_a_rerun(tiny_dir
     assert embed(f"{shards}/{{00000..00001}}.parquet", "--out", out, "--model", tiny_dir) == 1
     captured = capsys.readouterr()
     assert f"altclip: {shards}/00001.parquet: not written: {shards}/00001.parquet has no image column" in captured.err
-    assert "altclip: error: 1 of 2 shards could not be read (listed above); rerun the same command to retry them" in captured.err
+    assert (
+        "altclip: error: 1 of 2 shards could not be read (listed above); rerun the same command to retry them"
+        in captured.err
+    )
     assert captured.out.startswith(f"wrote 8 image and text embedding rows in 1 shard to {out}")
     pq.write_table(pq.read_table(shard_inputs["parquet"]), shards / "00001.parquet")  # repaired
     assert embed(f"{shards}/{{00000..00001}}.parquet", "--out", out, "--model", tiny_dir) == 0
     assert "resuming: 1 of 2 shards already in" in capsys.readouterr().err
     assert len(read_embeddings(out)[0]) == 16
+
+
+def test_embed_folder_names_an_unreadable_image_file_once(tiny_dir, shard_inputs, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(shard_inputs["files"][1].read_bytes())
+    (folder / "b.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "emb"
+    assert embed(folder, "--out", out, "--model", tiny_dir) == 0
+    captured = capsys.readouterr()
+    skipped = [line for line in captured.err.splitlines() if line.startswith("altclip: skipped: ")]
+    assert len(skipped) == 1 and "b.jpg" in skipped[0] and "shard" not in skipped[0]
+    assert captured.out.strip() == (
+        f"wrote 1 image embedding row in 1 shard to {out}; 1 unreadable or incomplete sample skipped (listed above)"
+    )

@@ -21,7 +21,7 @@ from open_clip.transform import PreprocessCfg
 from torch import nn
 
 from .. import registry
-from ..bridges.files import open_weights, resolve_checkpoint
+from ..bridges.files import honour_umask, open_weights, resolve_checkpoint, write_slow_tokenizer_files
 from ..bridges.hf import HF_TABLE, IGNORED, canonical_key, read_config, save_hf_checkpoint
 from ..bridges.mapping import import_state_dict
 from ..config import AltCLIPConfig
@@ -226,4 +226,8 @@ def save_for_open_clip(source: str | Path, folder: str | Path) -> Path:
     )
     tokenizer = HFTokenizer(str(checkpoint), context_length=config["text_cfg"]["context_length"])
     save_for_hf(model, tokenizer, config, folder)
-    return Path(folder)
+    folder = Path(folder)
+    write_slow_tokenizer_files(tokenizer.tokenizer, folder)  # the BAAI file set, as AltCLIPProcessor writes it
+    for weights in folder.glob("*.safetensors"):  # safetensors writes mode 0600 whatever the umask
+        honour_umask(weights)
+    return folder

@@ -24,7 +24,9 @@ from ..config import AltCLIPConfig
 MARKER = "altclip"  # the model-config key that selects AltCLIP; its value is an AltCLIPConfig dict
 PRETRAINED_TAG = "baai"
 # The open_clip releases registration is written for; pyproject.toml's open_clip extra declares the same range
-# (a test holds them together). open_clip's 4.x line (its main branch) reworks training and tokenizers.
+# (a test holds them together). open_clip's main branch (4.2.0.dev0) keeps the factory tables used here but
+# declares breaking changes for integrations: open_clip_train wraps models in TrainingTask with dict batches,
+# HFTokenizer pads and validates special tokens differently, torch >= 2.6. None of that is tested here yet.
 SUPPORTED_OPEN_CLIP = SpecifierSet(">=3.3,<4")
 
 

@@ -8,7 +8,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._common import CLIError, Interrupted, check_model, embedder_options, load_embedder, model_reference, natural_int, positive_int, warn
+from ._common import (
+    CLIError,
+    Interrupted,
+    check_model,
+    embedder_options,
+    load_embedder,
+    model_reference,
+    natural_int,
+    positive_int,
+    warn,
+)
 
 STORE_DTYPES = ("float16", "float32")
 
@@ -21,24 +31,47 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog += (
         "\n\nembedding folders (clip-retrieval's layout: img_emb/, text_emb/, metadata/), resumable by shard:\n"
         "  altclip embed photos/ --out photos-emb    # --out without a suffix: a folder, 10,000 images a shard\n"
-        "  altclip embed 'shards/{00000..00099}.tar' --out laion-emb    # webdataset: image and caption of each sample\n"
+        "  altclip embed 'shards/{00000..00099}.tar' --out laion-emb    # webdataset: each sample's image and caption\n"
         "  altclip embed img2dataset-out/*.parquet --out emb --ray    # on a local Ray; --ray=auto joins a cluster"
     )
     group = p.add_argument_group("folder output (--out DIR), shard inputs and Ray")
-    group.add_argument("--modality", choices=MODALITY_CHOICES,
-                       help="what to embed from .tar/.parquet shards (default: both when they have captions, else image)")
-    group.add_argument("--shard-size", type=positive_int, default=SHARD_SIZE,
-                       help="images or text lines per output shard, for file and .txt inputs")
-    group.add_argument("--store-dtype", choices=STORE_DTYPES, default="float16",
-                       help="how DIR's .npy files store the embeddings")
-    group.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
-                       help="run on a Ray cluster: --ray=ADDRESS (auto, ray://head:10001), or a local one when bare "
-                       "(default: no Ray, one process)")
-    group.add_argument("--actors", type=positive_int,
-                       help="Ray actors, one model each (default: one per GPU of the cluster, else 1)")
-    group.add_argument("--cpus-per-actor", type=natural_int,
-                       help="CPUs each Ray actor reserves (default: the cluster's CPUs less one, shared among the actors, "
-                            "at most 8 per GPU actor)")
+    group.add_argument(
+        "--modality",
+        choices=MODALITY_CHOICES,
+        help="what to embed from .tar/.parquet shards (default: both when they have captions, else image)",
+    )
+    group.add_argument(
+        "--shard-size",
+        type=positive_int,
+        default=SHARD_SIZE,
+        help="images or text lines per output shard, for file and .txt inputs",
+    )
+    group.add_argument(
+        "--store-dtype", choices=STORE_DTYPES, default="float16", help="how DIR's .npy files store the embeddings"
+    )
+    group.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="run on a Ray cluster: --ray=ADDRESS (auto, ray://head:10001), or a local one when bare "
+        "(default: no Ray, one process)",
+    )
+    group.add_argument(
+        "--actors", type=positive_int, help="Ray actors, one model each (default: one per GPU of the cluster, else 1)"
+    )
+    group.add_argument(
+        "--cpus-per-actor",
+        type=natural_int,
+        help="CPUs each Ray actor reserves (default: the cluster's CPUs less one, shared among the actors, "
+        "at most 8 per GPU actor)",
+    )
+
+
+def count(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1."""
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def is_folder(out: Path) -> bool:
@@ -54,7 +87,9 @@ def run(args: argparse.Namespace, out: Path) -> None:
     if not out.parent.is_dir():
         raise FileNotFoundError(f"the folder for --out does not exist: {out.parent}")
     if args.ray and Path(args.ray).exists():
-        raise CLIError(f"--ray took {args.ray} as the cluster's address: write --ray=ADDRESS, or put --ray after the paths")
+        raise CLIError(
+            f"--ray took {args.ray} as the cluster's address: write --ray=ADDRESS, or put --ray after the paths"
+        )
     sources = plan(args.paths, shard_size=args.shard_size)
     check_model(args.model)
     embedded = modalities(sources, args.modality)
@@ -87,26 +122,39 @@ def run(args: argparse.Namespace, out: Path) -> None:
 
         try:
             if args.ray is None:
-                worker = ShardEmbedder(load_embedder(args.model, args), out, model=reference, modalities=embedded,
-                                       dtype=args.store_dtype)
+                worker = ShardEmbedder(
+                    load_embedder(args.model, args), out, model=reference, modalities=embedded, dtype=args.store_dtype
+                )
                 run_here(worker, todo, on_report)
             else:
                 _run_on_ray(args, out, todo, reference, embedded, on_report)
         except KeyboardInterrupt:
             raise Interrupted(
-                f"interrupted: {len(sources) - len(todo) + totals['shards']} of {len(sources)} shards written in {out}; "
+                f"interrupted: {len(sources) - len(todo) + totals['shards'] - totals['unwritten']} of {len(sources)} "
+                f"shards written in {out}; "
                 "run the same command to resume"
             ) from None
-    notes = [f"{totals['skipped']} unreadable or incomplete samples skipped (listed above)"] if totals["skipped"] else []
-    notes += [f"{totals['missing']} rows without an image (failed downloads) left out"] if totals["missing"] else []
-    notes += [f"{totals['broken']} truncated shards (listed above) written up to the break"] if totals["broken"] else []
-    what = " and ".join(embedded)
+    notes = (
+        [f"{count(totals['skipped'], 'unreadable or incomplete sample')} skipped (listed above)"]
+        if totals["skipped"]
+        else []
+    )
+    notes += (
+        [f"{count(totals['missing'], 'row')} without an image (failed downloads) left out"] if totals["missing"] else []
+    )
+    notes += (
+        [f"{count(totals['broken'], 'truncated shard')} (listed above) written up to the break"]
+        if totals["broken"]
+        else []
+    )
     written = totals["shards"] - totals["unwritten"]
-    print(f"wrote {totals['rows']} {what} embedding rows in {written} shard{'s' * (written != 1)} to {out}"
-          + "".join(f"; {note}" for note in notes))
+    rows = count(totals["rows"], " and ".join(embedded) + " embedding row")
+    print(f"wrote {rows} in {count(written, 'shard')} to {out}" + "".join(f"; {note}" for note in notes))
     if totals["unwritten"]:
-        raise CLIError(f"{totals['unwritten']} of {len(sources)} shards could not be read (listed above); "
-                       "rerun the same command to retry them")
+        raise CLIError(
+            f"{totals['unwritten']} of {len(sources)} shards could not be read (listed above); "
+            "rerun the same command to retry them"
+        )
 
 
 def _run_on_ray(args: argparse.Namespace, out: Path, todo, reference: str, embedded, on_report) -> None:
@@ -119,7 +167,7 @@ def _run_on_ray(args: argparse.Namespace, out: Path, todo, reference: str, embed
 
     started = not ray.is_initialized()
     if started:
-        ray.init(address=args.ray or None, log_to_driver=True)
+        ray.init(address=args.ray or None)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the command's own bar counts shards
     context.print_on_execution_start = False
@@ -131,15 +179,27 @@ def _run_on_ray(args: argparse.Namespace, out: Path, todo, reference: str, embed
         spare = max(1, cpus - 1) // actors  # one CPU stays free for Ray Data's own tasks
         num_cpus = args.cpus_per_actor if args.cpus_per_actor is not None else max(1, min(8, spare) if gpu else spare)
         if actors * max(num_cpus, 1) > cpus:
-            raise CLIError(f"{actors} actors x {num_cpus} CPUs need more than the cluster's {cpus} CPUs: "
-                           "lower --actors or --cpus-per-actor")
+            raise CLIError(
+                f"{actors} actors x {num_cpus} CPUs need more than the cluster's {cpus} CPUs: "
+                "lower --actors or --cpus-per-actor"
+            )
         options = embedder_options(args)
         options.pop("device")
         if gpu and options.get("num_workers") is None:
             options["num_workers"] = num_cpus  # decoding processes inside each GPU actor
-        altclip_ray.run(todo, out, model=reference, model_reference=reference, modalities=embedded,
-                        dtype=args.store_dtype, actors=actors, num_gpus=1 if gpu else 0, num_cpus=num_cpus,
-                        embedder_kwargs=options, on_report=on_report)
+        altclip_ray.run(
+            todo,
+            out,
+            model=reference,
+            model_reference=reference,
+            modalities=embedded,
+            dtype=args.store_dtype,
+            actors=actors,
+            num_gpus=1 if gpu else 0,
+            num_cpus=num_cpus,
+            embedder_kwargs=options,
+            on_report=on_report,
+        )
     finally:
         if started:
             ray.shutdown()
