@@ -166,8 +166,6 @@ def test_a_tokenizer_of_another_kind_has_no_sentencepiece_model():
         sentencepiece_model(tokenizer)
 
 
-@pytest.mark.xfail(strict=True, reason="adapters/open_clip.py: save_for_open_clip must call honour_umask on the "
-                   "safetensors open_clip writes and write_slow_tokenizer_files (reported to its owner)")
 def test_open_clip_folders_have_the_sentencepiece_model_and_umask_modes(tiny_dir, tmp_path, umask):
     from altclip_adapters.adapters.open_clip import save_for_open_clip
 
