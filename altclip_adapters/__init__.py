@@ -38,11 +38,12 @@ def __dir__() -> list[str]:
 
 
 def register() -> None:
-    """Register AltCLIP with open_clip now (this imports open_clip); idempotent.
+    """Register AltCLIP with open_clip now (this imports open_clip, not the core); idempotent.
 
     Not needed in practice: importing this package registers AltCLIP as soon as open_clip is imported.
+    Unlike that automatic registration, which warns and leaves open_clip working, this raises on failure.
     """
-    from .adapters.open_clip import register as register_open_clip
+    from .adapters.open_clip_registration import register as register_open_clip
 
     register_open_clip()
 
