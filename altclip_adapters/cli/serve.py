@@ -12,6 +12,7 @@ from ._common import (
     load_embedder,
     model_options,
     natural_int,
+    pixel_limit,
     positive_int,
     warn,
 )
@@ -39,13 +40,12 @@ def run(args: argparse.Namespace) -> None:
 
     args.workers = 0  # images reach the model decoded and cropped by the request threads: no loader processes
     embedder = load_embedder(model, args)
-    pixels = {} if args.max_image_pixels is None else {"max_image_pixels": args.max_image_pixels or None}  # 0: no limit
     settings = ServeSettings(
         model_id=args.served_model_name or model,
         allow_url_fetch=args.allow_url_fetch,
         max_request_bytes=args.max_request_mb * 2**20,
         max_inputs=args.max_inputs,
-        **pixels,
+        max_image_pixels=args.max_image_pixels,
     )
     app = build_app(embedder, settings, folder=folder, image_base=args.image_base, thumbnail_cache=args.thumbnail_cache,
                     max_batch_size=args.max_batch_size, max_wait=args.max_wait_ms / 1000)
@@ -74,8 +74,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-url-fetch", action="store_true", help="fetch the http(s) image URLs clients send")
     p.add_argument("--max-request-mb", type=positive_int, default=32, help="larger request bodies get 413")
     p.add_argument("--max-inputs", type=positive_int, default=2048, help="most inputs in one embeddings request (as OpenAI)")
-    p.add_argument("--max-image-pixels", type=natural_int,
-                   help="larger images (width x height) are refused; 0: no limit (default: the image loader's, ~179 MP)")
+    from ..images import DEFAULT_MAX_IMAGE_PIXELS  # PIL only: no numpy, no torch
+
+    p.add_argument("--max-image-pixels", type=pixel_limit, default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
+                   help="larger images (width x height) get 400, before decoding; 'none': no limit "
+                        f"(default: {DEFAULT_MAX_IMAGE_PIXELS:,}, where PIL refuses)")
     p.add_argument("--max-batch-size", type=positive_int, default=64,
                    help="most items gathered from concurrent requests into one forward pass")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to share its forward pass")
