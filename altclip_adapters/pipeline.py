@@ -211,8 +211,11 @@ class Embedder:
         return out
 
     # images ------------------------------------------------------------------------------------
-    def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Embeddings (float32, CPU) of uint8 pixels [N, 3, H, W] on any device."""
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Embeddings [N, projection_dim] (float32, CPU) of pixels already resized and cropped
+        (``processor.image_transform.uint8``): uint8 [N, 3, H, W] on any device, N at most ``batch_size``."""
+        if pixels.shape[0] > self.batch_size:
+            raise ValueError(f"{pixels.shape[0]} images in one call; at most batch_size={self.batch_size}")
         pixels = pixels.to(self.device, non_blocking=True)
         count = pixels.shape[0]
         if self.compile and count < self.batch_size:  # one fixed shape for the compiled graph
@@ -274,7 +277,7 @@ class Embedder:
                 yield ImageBatch([], torch.empty(0, self.model.config.projection_dim), errors)
                 continue
             order = sorted(range(len(indices)), key=indices.__getitem__)
-            yield ImageBatch([indices[i] for i in order], self._encode_pixels(pixels)[order], errors)
+            yield ImageBatch([indices[i] for i in order], self.encode_pixels(pixels)[order], errors)
 
     def images(self, images: Sequence[ImageInput]) -> torch.Tensor:
         """Embeddings [N, projection_dim] float32 of ``images``, in input order ([0, projection_dim] for none);

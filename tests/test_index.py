@@ -9,6 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
+import faiss  # the `index` extra: CI installs every extra
 import numpy as np
 import pytest
 from conftest import make_images
@@ -26,8 +27,6 @@ from altclip_adapters.index import (
 )
 from altclip_adapters.pipeline import Embedder
 from altclip_adapters.store import EmbeddingWriter
-
-faiss = pytest.importorskip("faiss")
 
 
 def clustered(n: int, dim: int, *, seed: int = 0, clusters: int = 50, latent: int = 16) -> np.ndarray:

@@ -139,20 +139,8 @@ def test_shard_fingerprint_changes_with_its_items():
 # altclip embed --out DIR ------------------------------------------------------------------------------
 def test_embed_folder_writes_the_layout_and_resumes_by_shard(tiny_dir, shard_inputs, reference, tmp_path, capsys):
     out = tmp_path / "emb"
-    assert (
-        embed(
-            shard_inputs["root"] / "images",
-            "--out",
-            out,
-            "--model",
-            tiny_dir,
-            "--shard-size",
-            "3",
-            "--store-dtype",
-            "float32",
-        )
-        == 0
-    )
+    argv = (shard_inputs["root"] / "images", "--out", out, "--model", tiny_dir, "--shard-size", "3", "--store-dtype", "float32")
+    assert embed(*argv) == 0
     assert sorted(p.name for p in (out / "img_emb").iterdir()) == [f"img_emb_00000{i}.npy" for i in range(3)]
     assert sorted(p.name for p in (out / "metadata").iterdir()) == [f"metadata_00000{i}.parquet" for i in range(3)]
     assert not (out / "text_emb").exists()
@@ -165,40 +153,14 @@ def test_embed_folder_writes_the_layout_and_resumes_by_shard(tiny_dir, shard_inp
     kept = {p: p.stat().st_mtime_ns for p in (out / "img_emb").iterdir() if not p.name.endswith("1.npy")}
     (out / "img_emb" / "img_emb_000001.npy").unlink()
     (out / "metadata" / "metadata_000001.parquet").unlink()
-    assert (
-        embed(
-            shard_inputs["root"] / "images",
-            "--out",
-            out,
-            "--model",
-            tiny_dir,
-            "--shard-size",
-            "3",
-            "--store-dtype",
-            "float32",
-        )
-        == 0
-    )
+    assert embed(*argv) == 0
     captured = capsys.readouterr()
     assert "resuming: 2 of 3 shards already in" in captured.err
     assert captured.out.strip() == f"wrote 3 image embedding rows in 1 shard to {out}"
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # the shards already done were not rewritten
     np.testing.assert_allclose(read_embeddings(out)[0], reference[0], atol=1e-5)
 
-    assert (
-        embed(
-            shard_inputs["root"] / "images",
-            "--out",
-            out,
-            "--model",
-            tiny_dir,
-            "--shard-size",
-            "3",
-            "--store-dtype",
-            "float32",
-        )
-        == 0
-    )
+    assert embed(*argv) == 0
     assert capsys.readouterr().out.strip() == f"nothing to do: all 3 shards are already in {out}"
 
 

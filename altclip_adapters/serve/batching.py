@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 if TYPE_CHECKING:
-    import torch
     from PIL import Image
 
     from ..pipeline import Embedder
@@ -185,7 +185,9 @@ class BatchHandler:
             for positions, features in self.embedder.iter_tokens(ids):
                 out[positions] = features.numpy()
             return out, np.array([len(i) for i in ids])
-        return self.embedder.images(items).numpy(), np.zeros(len(items), int)
+        step = self.embedder.batch_size
+        chunks = [self.embedder.encode_pixels(torch.stack(items[i : i + step])) for i in range(0, len(items), step)]
+        return torch.cat(chunks).numpy(), np.zeros(len(items), int)
 
     def _work(self) -> None:
         while True:
