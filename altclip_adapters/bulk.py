@@ -16,13 +16,13 @@ from __future__ import annotations
 import json
 import os
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .atomic import write_json
 from .shards import ShardSource
 
 if TYPE_CHECKING:
@@ -94,10 +94,7 @@ def pending(folder: str | Path, sources: Sequence[ShardSource], *, model: str, d
                 f"{folder} holds shard {shard_id} made from other input ({before}; now {now}): "
                 "rerun with the same inputs and --shard-size, or write to a new folder"
             )
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{INPUTS_FILE}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump({"shards": {**recorded, **current}}, f, ensure_ascii=False)
-    os.replace(tmp, path)
+    write_json(path, {"shards": {**recorded, **current}})
     return [s for s in sources if s.shard_id not in done]
 
 

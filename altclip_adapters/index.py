@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -45,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .atomic import atomic_path, write_json
 from .store import MODALITIES, folder_modalities, iter_embeddings, read_embeddings, read_manifest, read_metadata
 
 if TYPE_CHECKING:
@@ -215,19 +214,6 @@ def _gather(arrays: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
     return np.concatenate(out)
 
 
-def _write_atomic_index(index: faiss.Index, path: Path) -> None:
-    faiss = _faiss()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        faiss.write_index(index, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _slices(arrays: list[np.ndarray], start: int, stop: int) -> list[np.ndarray]:
     """Views of the global rows ``start:stop`` of the concatenated ``arrays``."""
     out, offset = [], 0
@@ -331,7 +317,8 @@ def build_index(
             param, recall = _tune(index, key, indexed, queries, k=tune_k, target_recall=target_recall, metric=metric)
         _add(index, _slices(arrays, count - held_out, count))
         path = index_path(folder, name)
-        _write_atomic_index(index, path)
+        with atomic_path(path) as tmp:
+            faiss.write_index(index, str(tmp))
         info = {
             "index_key": key, "index_param": param, "metric": metric, "count": count, "dim": dim,
             "recall_at_k": {"k": tune_k, "recall": None if recall is None else round(recall, 4), "queries": held_out},
@@ -339,9 +326,7 @@ def build_index(
             "index_path": path.name,
             "chosen_by": "index_key argument" if index_key else "autofaiss 2.18 get_optimal_index_keys_v2",
         }
-        tmp = info_path(folder, name).with_name(f".{name}.json.tmp")
-        tmp.write_text(json.dumps(info, indent=2))
-        os.replace(tmp, info_path(folder, name))
+        write_json(info_path(folder, name), info)
         results[name] = info
     return results
 

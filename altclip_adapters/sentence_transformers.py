@@ -23,7 +23,8 @@ from sentence_transformers.base.modality import is_image_url_or_path, is_message
 from sentence_transformers.base.modules import InputModule, Normalize, Transformer
 
 from . import __version__
-from .bridges.files import SENTENCEPIECE_MODEL, honour_umask
+from .atomic import honour_umask
+from .bridges.files import SENTENCEPIECE_MODEL
 from .core import AltCLIP
 from .processor import DEFAULT_CONTEXT_LENGTH, AltCLIPProcessor, UnreadableImageError
 

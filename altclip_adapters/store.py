@@ -26,14 +26,14 @@ file ``DIR/altclip_empty/N`` so that a resumed run does not redo it.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from .atomic import write_json, write_with
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -55,20 +55,6 @@ def shard_name(shard_id: int) -> str:
     if not 0 <= shard_id < 10**SHARD_DIGITS:
         raise ValueError(f"shard_id must be in 0..{10**SHARD_DIGITS - 1}; got {shard_id}")
     return str(int(shard_id)).zfill(SHARD_DIGITS)
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(file_object)`` on a hidden temporary file beside ``path``, then rename it to ``path``
-    (readers never see a partial file; the temporary name matches no reader's ``*.npy``/``*.parquet`` glob)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
@@ -167,16 +153,10 @@ class EmbeddingWriter:
         if not path.is_file():
             manifest = {"format_version": FORMAT_VERSION, "layout": "clip-retrieval", "model": self.model,
                         "dim": dim, "dtype": self.dtype, "modalities": modalities}
-            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{MANIFEST}.", suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(manifest, f, indent=2)
-            os.chmod(tmp, 0o644)
             try:
-                os.link(tmp, path)  # atomic and never overwrites: the first writer wins
+                write_json(path, manifest, exclusive=True)  # never overwrites: the first writer wins
             except FileExistsError:
                 pass
-            finally:
-                os.unlink(tmp)
         self._check_manifest(read_manifest(self.folder), dim, modalities)
 
     def write_shard(
@@ -220,9 +200,9 @@ class EmbeddingWriter:
             prefix = EMBEDDING_DIRS[modality]
             (self.folder / prefix).mkdir(exist_ok=True)
             stored = np.ascontiguousarray(array.astype(self.dtype))
-            _atomic_write(self.folder / prefix / f"{prefix}_{name}.npy", lambda f, a=stored: np.save(f, a))
+            write_with(self.folder / prefix / f"{prefix}_{name}.npy", lambda f, a=stored: np.save(f, a))
         (self.folder / "metadata").mkdir(exist_ok=True)
-        _atomic_write(self.folder / "metadata" / f"metadata_{name}.parquet", lambda f: pq.write_table(table, f))
+        write_with(self.folder / "metadata" / f"metadata_{name}.parquet", lambda f: pq.write_table(table, f))
 
     def done_shards(self) -> set[int]:
         """Numbers of the shards already written completely (their metadata parquet exists, or

@@ -110,7 +110,7 @@ def make_checkpoint(
     from safetensors.torch import save_file
     from transformers import AltCLIPConfig, AltCLIPModel, CLIPImageProcessor
 
-    from .bridges.files import honour_umask
+    from .atomic import honour_umask
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

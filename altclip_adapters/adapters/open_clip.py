@@ -21,7 +21,8 @@ from open_clip.transform import PreprocessCfg
 from torch import nn
 
 from .. import registry
-from ..bridges.files import honour_umask, open_weights, resolve_checkpoint, write_slow_tokenizer_files
+from ..atomic import honour_umask
+from ..bridges.files import open_weights, resolve_checkpoint, write_slow_tokenizer_files
 from ..bridges.hf import HF_TABLE, IGNORED, canonical_key, read_config, save_hf_checkpoint
 from ..bridges.mapping import import_state_dict
 from ..config import AltCLIPConfig

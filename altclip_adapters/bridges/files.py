@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import pickle
 import socket
 import urllib.request
@@ -189,17 +188,6 @@ def download(repo_id: str, *, revision: str | None = None) -> Path:
 
 # Writing folders -----------------------------------------------------------------------------------
 SENTENCEPIECE_MODEL = "sentencepiece.bpe.model"
-
-
-def honour_umask(path: Path) -> None:
-    """Give a file we wrote the mode a plain ``open()`` gives: 0o666 less the process umask.
-
-    safetensors 0.8 writes every file with mode 0600 (a private temporary file renamed into place), whatever
-    the umask, which breaks sharing a checkpoint folder. Reading the umask means setting it; pip does the same.
-    """
-    umask = os.umask(0o022)
-    os.umask(umask)
-    path.chmod(0o666 & ~umask)
 
 
 def write_slow_tokenizer_files(tokenizer, folder: Path) -> None:

@@ -14,7 +14,8 @@ from safetensors.torch import save_file
 
 from ..config import AltCLIPConfig
 from ..core.model import AltCLIP
-from .files import honour_umask, open_weights
+from ..atomic import honour_umask
+from .files import open_weights
 from .mapping import Rule, export_state_dict, import_state_dict, rule
 
 V = "vision_model.encoder.layers.{n}"

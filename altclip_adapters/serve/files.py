@@ -12,13 +12,13 @@ import hashlib
 import io
 import os
 import re
-import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image
 
+from ..atomic import write_bytes
 from ..images import DEFAULT_MAX_IMAGE_PIXELS, load_image
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")  # http://, s3://, ...: not a local file
@@ -100,12 +100,4 @@ class ThumbnailCache:
         picture.thumbnail((self.size, self.size), Image.Resampling.LANCZOS)
         data = io.BytesIO()
         picture.save(data, "JPEG", quality=self.quality)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data.getvalue())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_bytes(target, data.getvalue())
