@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -248,6 +249,35 @@ def _shard_files(folder: Path, modality: str) -> list[tuple[Path, Path]]:
             )
         raise ValueError(f"shard {number}: {metadata[number]} has no {prefix}/{prefix}_{number}.npy")
     return [(embeddings[n], metadata[n]) for n in sorted(embeddings)]
+
+
+@dataclass(frozen=True)
+class ShardFiles:
+    """One complete shard of one modality: its files, its row count and a fingerprint that changes whenever
+    either file is replaced (every write renames a new file into place, so its mtime changes; ``cp -a`` and
+    ``mv`` keep it)."""
+
+    shard_id: int
+    embeddings: Path
+    metadata: Path
+    rows: int
+    fingerprint: str
+
+
+def _stat_token(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def shards(folder: str | Path, modality: str = "image") -> list[ShardFiles]:
+    """The complete shards of ``modality`` in reading order, from file headers only (no embedding or metadata
+    row is read). Rows of shard ``i`` come after those of every shard before it. Raises as :func:`iter_embeddings`."""
+    out = []
+    for emb, meta in _shard_files(Path(folder), modality):
+        rows = np.load(emb, mmap_mode="r").shape[0]
+        out.append(ShardFiles(int(emb.stem.rsplit("_", 1)[1]), emb, meta, rows,
+                              f"{rows}:{_stat_token(emb)}:{_stat_token(meta)}"))
+    return out
 
 
 def iter_embeddings(folder: str | Path, modality: str = "image") -> Iterator[np.ndarray]:
