@@ -23,6 +23,10 @@
   unsupported input type is a ``TypeError`` naming the type.
 
 Multi-frame files (GIF, APNG, TIFF pages) give their first frame.
+
+**Formats** are Pillow's: every format it decodes (JPEG, JFIF, PNG, WebP, AVIF, GIF, TIFF, BMP, ...), plus
+HEIF/HEIC through pillow-heif when it is installed (extra ``heif``; registered on first use by
+:func:`register_plugins`). Without it, a HEIF file is unreadable with a message naming the extra to install.
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ URL_TIMEOUT_S = 30
 MAX_URL_BYTES = 100_000_000  # a larger download is refused before it fills memory
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+HEIF_SUFFIXES = (".heic", ".heics", ".heif", ".heifs", ".hif")  # pillow-heif's registered extensions
+HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1")
+HEIF_HINT = "HEIF/HEIC photos need the pillow-heif plugin: pip install 'altclip-adapters[heif]'"
 EXIF_ORIENTATION = 0x0112
 
 
@@ -93,6 +100,52 @@ def load_image(
     finally:
         if owned:
             file.close()
+
+
+def register_plugins() -> bool:
+    """Register the optional Pillow plugins that are installed (pillow-heif's HEIF/HEIC opener), once per
+    process; called by every decode, so callers need not. Returns whether HEIF files can be read."""
+    global _heif
+    if _heif is None:
+        try:
+            import pillow_heif
+        except ImportError:
+            _heif = False
+        else:
+            pillow_heif.register_heif_opener()
+            _heif = True
+    return _heif
+
+
+_heif: bool | None = None
+
+
+def image_suffixes() -> frozenset[str]:
+    """The file suffixes (lower case, with the dot) that name images: every extension Pillow registers for a
+    format it can decode (after :func:`register_plugins`; not its save-only formats such as PDF, nor its stub
+    formats that need a handler of their own such as HDF5 and WMF), plus the HEIF suffixes when pillow-heif is
+    missing, so that such files are found and reported as needing it rather than left out unseen."""
+    from PIL import ImageFile
+
+    register_plugins()
+    Image.init()
+    readable = {
+        format
+        for format, (factory, _) in Image.OPEN.items()
+        if not (isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile))
+    }
+    if "JPEG" in readable:
+        readable.add("MPO")  # multi-picture JPEGs: JPEG's opener returns them
+    suffixes = {ext.lower() for ext, format in Image.registered_extensions().items() if format in readable}
+    return frozenset(suffixes | set(HEIF_SUFFIXES))
+
+
+def needs_plugin(header: bytes) -> str | None:
+    """What to install to read a file that starts with ``header`` (its first 16 bytes or more), when Pillow
+    cannot read it only because an optional plugin is missing; else None."""
+    if header[4:8] == b"ftyp" and header[8:12] in HEIF_BRANDS and not register_plugins():
+        return HEIF_HINT
+    return None
 
 
 def check_max_image_pixels(max_image_pixels: int | None) -> int | None:
@@ -260,6 +313,7 @@ def _fetch(url: str, source: str) -> bytes:
 def _open(file: IO[bytes]) -> Image.Image:
     """``Image.open`` (header only), with PIL's decompression-bomb refusal replaced by the caller's
     ``max_image_pixels`` check: past PIL's limit, the same plugin search runs without PIL's check."""
+    register_plugins()
     try:
         return Image.open(file)
     except Image.DecompressionBombError:
@@ -298,7 +352,9 @@ def _decode(file: IO[bytes], source: str, max_image_pixels: int | None, draft: i
     except UnreadableImageError:
         raise
     except UnidentifiedImageError as e:
-        raise UnreadableImageError(f"cannot read {source} as an image: not a format Pillow recognises") from e
+        file.seek(0)
+        reason = needs_plugin(file.read(16)) or "not a format Pillow recognises"
+        raise UnreadableImageError(f"cannot read {source} as an image: {reason}") from e
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, struct.error, DecompressionBombError...)
         raise UnreadableImageError(f"cannot read {source} as an image: {type(e).__name__}: {e}") from e
 

@@ -36,10 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .inputs import IMAGE_SUFFIXES, find_images, read_text_lines
+from .inputs import find_images, read_text_lines
 
 SHARD_SIZE = 10_000  # items per output shard for file and text-line inputs (img2dataset's default shard size)
-IMAGE_EXTENSIONS = tuple(sorted(s.lstrip(".") for s in IMAGE_SUFFIXES))  # tar members / parquet columns
 PARQUET_IMAGE_COLUMNS = ("jpg", "png", "webp", "jpeg")  # img2dataset's encode formats, in its preference order
 KINDS = ("tar", "parquet", "images", "texts")
 # how a truncated or corrupt tar stream breaks; an OSError (a failing disk or mount) is raised instead, so the
@@ -63,12 +62,22 @@ class Sample:
 class Shard:
     """The samples of one input shard. ``error`` (or None) says why reading stopped before the end;
     ``skipped`` names the samples left out as unreadable; ``missing_images`` counts the rows that hold
-    no image at all (img2dataset's failed downloads)."""
+    no image at all (img2dataset's failed downloads); ``notes`` says, once per kind and shard, where a
+    sample was kept with something changed (metadata stored by :mod:`altclip_adapters.metadata`'s rules, a
+    caption that is not UTF-8 decoded with replacement characters): shard, sample key and field."""
 
     samples: list[Sample]
     error: str | None = None
     skipped: list[str] = field(default_factory=list)
     missing_images: int = 0
+    notes: list[str] = field(default_factory=list)
+    _noted: set[str] = field(default_factory=set, repr=False, compare=False)
+
+    def note(self, kind: str, message: str) -> None:
+        """Record ``message`` unless a note of the same ``kind`` (e.g. a field name) was recorded before."""
+        if kind not in self._noted:
+            self._noted.add(kind)
+            self.notes.append(message)
 
 
 @dataclass(frozen=True)
@@ -181,7 +190,27 @@ def plan(patterns: Sequence[str], *, shard_size: int = SHARD_SIZE) -> list[Shard
     ]
 
 
+MAX_TEXT_MEMBER_BYTES = 1 << 20  # a .txt or .json member over 1 MiB is not read whole
+
+
+def unsafe_name(name: str) -> str | None:
+    """Why a sample name from a dataset (a tar member's key, a parquet ``key``) must not become an
+    ``image_path``: it is absolute, has a ``..`` component, a backslash or a control character; None for a
+    name that stays inside the collection."""
+    if "\\" in name:
+        return "has a backslash"
+    if name.startswith("/") or re.match(r"[A-Za-z]:", name):
+        return "is an absolute path"
+    if ".." in name.split("/"):
+        return "has a '..' component"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "has control characters"
+    return None
+
+
 def _json_fields(data: bytes, where: str) -> dict[str, Any]:
+    if len(data) > MAX_TEXT_MEMBER_BYTES:
+        raise ValueError(f"{where}: the .json member is over {MAX_TEXT_MEMBER_BYTES:,} bytes")
     try:
         fields = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -191,20 +220,54 @@ def _json_fields(data: bytes, where: str) -> dict[str, Any]:
     return fields
 
 
-def _tar_sample(path: str, key: str, files: dict[str, bytes]) -> Sample:
-    """A :class:`Sample` from the members of one tar sample (extension -> bytes); ValueError for a bad one."""
+def _sample(shard: Shard, path: str, key: str, image, caption: str | None, fields: dict[str, Any]) -> None:
+    """Add the sample ``key`` to ``shard`` (its metadata: ``image_path`` = the key, ``caption``, then
+    ``fields``, stored by :mod:`altclip_adapters.metadata`'s rules), or name it in ``shard.skipped`` when its
+    key is unsafe. A blank caption (:func:`~altclip_adapters.inputs.is_blank`) is kept in the metadata but
+    not as the sample's caption, so it is skipped and counted as a blank text line is."""
+    from .inputs import is_blank
+    from .metadata import metadata_cell
+
     where = f"{path}:{key}"
-    image = next((files[ext] for ext in IMAGE_EXTENSIONS if ext in files), None)
+    problem = unsafe_name(key)
+    if problem:
+        shard.skipped.append(f"{path}:{key!r}: the sample name {problem}: left out (it would name a file outside the collection)")
+        return
+    metadata = {"image_path": key, "caption": caption}
+    for name, value in fields.items():
+        if name not in metadata:
+            metadata[name], change = metadata_cell(name, value)
+            if change:
+                shard.note(f"field {name}", f"{where}: {change} (the first such value of this shard)")
+    text = None if caption is None or is_blank(caption) else caption
+    shard.samples.append(Sample(key, image, text, metadata))
+
+
+def _tar_sample(shard: Shard, path: str, key: str, files: dict[str, bytes]) -> None:
+    """Add the sample made of the members of one tar sample (extension -> bytes) to ``shard``: the image is
+    the first member whose suffix the loader reads; a bad sample is named in ``shard.skipped``."""
+    from .images import image_suffixes
+
+    where = f"{path}:{key}"
+    suffixes = image_suffixes()
+    image = next((data for ext, data in files.items() if f".{ext}" in suffixes), None)
     caption = None
     if "txt" in files:
-        try:
-            caption = files["txt"].decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{where}: the caption (.txt) is not UTF-8: {e}") from e
-    fields = _json_fields(files["json"], where) if "json" in files else {}
-    metadata = {"image_path": key, "caption": caption}
-    metadata.update((k, v) for k, v in fields.items() if k not in metadata)
-    return Sample(key, image, caption, metadata)
+        from .inputs import decode_text
+
+        data = files["txt"]
+        if len(data) > MAX_TEXT_MEMBER_BYTES:
+            shard.note("long caption", f"{where}: the caption (.txt) is over {MAX_TEXT_MEMBER_BYTES:,} bytes: cut there")
+            data = data[:MAX_TEXT_MEMBER_BYTES]
+        caption, problem = decode_text(data)
+        if problem:
+            shard.note("caption encoding", f"{where}: the caption (.txt) is {problem}")
+    try:
+        fields = _json_fields(files["json"], where) if "json" in files else {}
+    except ValueError as e:
+        shard.skipped.append(str(e))
+        return
+    _sample(shard, path, key, image, caption, fields)
 
 
 class _Tail:
@@ -242,10 +305,7 @@ def read_tar(path: str) -> Shard:
     key, files = None, {}
 
     def flush() -> None:
-        try:
-            shard.samples.append(_tar_sample(path, key, files))
-        except ValueError as e:
-            shard.skipped.append(str(e))
+        _tar_sample(shard, path, key, files)
 
     with open(path, "rb") as file:
         stream = _Tail(file)
@@ -259,7 +319,8 @@ def read_tar(path: str) -> Shard:
                         if key is not None:
                             flush()  # complete: its members are contiguous and the next one has begun
                         key, files = prefix, {}
-                    files[suffix.lower()] = archive.extractfile(member).read()
+                    limit = MAX_TEXT_MEMBER_BYTES + 1 if suffix.lower() in ("txt", "json") else -1
+                    files[suffix.lower()] = archive.extractfile(member).read(limit)
             reason = None if stream.ends_with_marker() else "the file ends without the end-of-archive marker"
         except TAR_ERRORS as e:
             reason = str(e)
@@ -279,11 +340,15 @@ def read_tar(path: str) -> Shard:
 def read_parquet(path: str) -> Shard:
     """The samples of an img2dataset parquet file (see the module docstring), in row order: the image from
     the first of the columns :data:`PARQUET_IMAGE_COLUMNS` present, the caption from ``txt`` (else
-    ``caption``), the key from ``key`` (else the row number); every other column is metadata.
+    ``caption``), the key from ``key`` (else the row number); every other column is metadata, stored by
+    :mod:`altclip_adapters.metadata`'s rules (the file's own ``image_path`` and ``caption`` columns give way
+    to the key and the caption). A row whose key is unsafe (:func:`unsafe_name`) is left out and named.
 
     Raises ValueError when the file has no image column (img2dataset's metadata-only parquet beside a tar).
     """
     import pyarrow.parquet as pq
+
+    from .inputs import decode_text
 
     table = pq.read_table(path)
     names = table.column_names
@@ -304,7 +369,9 @@ def read_parquet(path: str) -> Shard:
         if image is None:
             shard.missing_images += 1
             continue
-        metadata = {"image_path": str(key), "caption": caption}
-        metadata.update((k, v) for k, v in row.items() if k not in metadata)
-        shard.samples.append(Sample(str(key), image, caption, metadata))
+        if caption is not None and not isinstance(caption, str):
+            caption, problem = decode_text(caption) if isinstance(caption, bytes) else (str(caption), None)
+            if problem:
+                shard.note("caption encoding", f"{path}:{key}: the caption is {problem}")
+        _sample(shard, path, str(key), image, caption, row)
     return shard

@@ -76,8 +76,12 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
 
 
 def _metadata_table(metadata: pa.Table | Sequence[dict]) -> pa.Table:
-    """A pyarrow Table from a Table or a list of dicts (columns: the union of the dicts' keys, in first-seen order)."""
+    """A pyarrow Table from a Table (as it is) or a list of dicts (columns: the union of the dicts' keys, in
+    first-seen order, a key missing from a row null there; each column typed by its name alone, so that every
+    shard of a folder agrees whatever its values: :mod:`altclip_adapters.metadata`)."""
     import pyarrow as pa
+
+    from .metadata import INTEGER_COLUMNS, metadata_cell
 
     if isinstance(metadata, pa.Table):
         return metadata
@@ -88,7 +92,13 @@ def _metadata_table(metadata: pa.Table | Sequence[dict]) -> pa.Table:
         if not isinstance(row, dict):
             raise TypeError(f"metadata row {i} is a {type(row).__name__}, not a dict")
         names.update(dict.fromkeys(row))
-    return pa.table({name: pa.array([row.get(name) for row in metadata]) for name in names}) if names else pa.table({})
+    return pa.table({
+        name: pa.array(
+            [metadata_cell(name, row.get(name))[0] for row in metadata],
+            pa.int64() if name in INTEGER_COLUMNS else pa.string(),
+        )
+        for name in names
+    }) if names else pa.table({})
 
 
 def _check_embeddings(name: str, array: np.ndarray) -> np.ndarray:

@@ -101,10 +101,11 @@ def test_read_tar_names_a_bad_sample_and_keeps_the_rest(tmp_path):
         ],
     )
     shard = read_tar(str(path))
-    assert [s.key for s in shard.samples] == ["c"]
-    assert len(shard.skipped) == 2
-    assert shard.skipped[0].startswith(f"{path}:a: the caption (.txt) is not UTF-8")
-    assert shard.skipped[1].startswith(f"{path}:b: the .json member holds a list")
+    assert [s.key for s in shard.samples] == ["a", "c"]  # a caption that is not UTF-8 is decoded with U+FFFD
+    assert shard.samples[0].caption == "\ufffd\ufffd"
+    assert shard.notes == [f"{path}:a: the caption (.txt) is not UTF-8 (byte 0xff at offset 0): bad bytes replaced by U+FFFD"]
+    assert len(shard.skipped) == 1
+    assert shard.skipped[0].startswith(f"{path}:b: the .json member holds a list")
 
 
 def test_read_parquet_reads_img2dataset_output(shard_inputs):
