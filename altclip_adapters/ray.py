@@ -5,6 +5,10 @@
   Image columns may hold encoded bytes (``read_binary_files``, ``read_parquet``, ``read_webdataset(...,
   decoder=None)``), file paths, or uint8 arrays (``read_images``); text columns strings (or UTF-8 bytes).
   Every image goes through the package's one image loader (via :class:`~altclip_adapters.pipeline.Embedder`).
+  ``read_images`` decodes by itself (a palette PNG as its indices, a 16-bit PNG as uint16, no EXIF
+  orientation): with ``include_paths=True``, a row's array is replaced by its file (``path`` column) read
+  by the loader, when that file exists here and has the array's size; any other array is used only when it
+  can be a picture (uint8, HxW or HxWxC with C in 1, 3, 4), else the row gets an error.
   An unreadable item never fails the job: its row gets NaN embeddings and the reason in the error column
   (an empty string for the rows embedded: a string column in every block, which Arrow keeps as it is).
 - :func:`add_embeddings` is the one call: ``add_embeddings(ds, model="AltCLIP")`` returns ``ds`` with an
@@ -107,6 +111,8 @@ class AltCLIPEmbedder:
         if self.column not in batch:
             raise KeyError(f"the batch has no column {self.column!r}; its columns: {', '.join(batch)}")
         values = list(batch[self.column])
+        if self.modality == "image" and "path" in batch:
+            values = [_file_of(value, path) for value, path in zip(values, batch["path"])]
         out = np.full((len(values), self.dim), np.nan, np.float32)
         errors = np.full(len(values), "", object)
         if self.modality == "text":
@@ -131,6 +137,32 @@ class AltCLIPEmbedder:
                 for i, message in image_batch.errors:
                     errors[i] = message
         return {**batch, self.output_column: out, self.error_column: errors}
+
+
+def _file_of(value: Any, path: Any) -> Any:
+    """``path`` when ``value`` is the array ``read_images(..., include_paths=True)`` decoded from that file
+    (it exists on this machine and its header gives the array's height and width, as HxW[xC] or CxHxW), so
+    that the loader reads it by its own rules; else ``value``."""
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    from .images import register_plugins
+
+    if not isinstance(value, np.ndarray) or value.ndim not in (2, 3) or not isinstance(path, str):
+        return value
+    register_plugins()
+    try:
+        if not os.path.isfile(path):
+            return value
+        with Image.open(path) as header:
+            size = header.size
+    except Exception:  # noqa: BLE001 (not a file the loader would read either: the array is judged alone)
+        return value
+    shape = value.shape  # HxW, HxWxC, or CxHxW (a ragged batch of Ray's gives a 2-D picture as 1xHxW)
+    sizes = {(shape[1], shape[0])} | ({(shape[2], shape[1])} if value.ndim == 3 else set())
+    return path if size in sizes else value
 
 
 def add_embeddings(
