@@ -59,52 +59,46 @@ def expected(tiny_dir, pngs) -> dict[str, np.ndarray]:
     return {path.name: row for path, row in zip(files, embeddings)}
 
 
-def _rows(ds, tiny_dir, column="path") -> dict[str, dict]:
-    return {Path(row[column]).name: row for row in add_embeddings(ds, model=str(tiny_dir), batch_size=8).take_all()}
+def _copy(source: Path, folder: Path) -> str:
+    folder.mkdir(exist_ok=True)
+    (folder / source.name).write_bytes(source.read_bytes())
+    return str(folder / source.name)
 
 
-def test_read_images_with_paths_equals_the_loader(local_ray, tiny_dir, pngs, expected):
-    """``mode="RGB"`` as README says: Ray cannot put uint8 and uint16 arrays in one block (it fails to unify the
-    tensor types), and the loader reads every file again anyway."""
-    rows = _rows(ray.data.read_images(str(pngs), include_paths=True, mode="RGB"), tiny_dir)
-    assert sorted(rows) == sorted(expected)
-    for name, row in rows.items():
-        assert row["error"] == "", name
-        np.testing.assert_allclose(row["embedding"], expected[name], atol=1e-5, err_msg=name)
-
-
-@pytest.mark.parametrize("names", [["palette.png", "grey.png", "rgba.png", "rotated.jpg"], ["grey16.png"]])
-def test_read_images_own_modes_with_paths_equal_the_loader(local_ray, tiny_dir, pngs, expected, names):
-    rows = _rows(ray.data.read_images([str(pngs / n) for n in names], include_paths=True), tiny_dir)
-    assert sorted(rows) == sorted(names)
-    for name, row in rows.items():
-        assert row["error"] == "", name
-        np.testing.assert_allclose(row["embedding"], expected[name], atol=1e-5, err_msg=name)
-
-
-def test_read_images_arrays_alone_that_cannot_be_pictures_are_errors(local_ray, tiny_dir, pngs, expected):
-    """Without a path to read again (the column renamed), the uint16 array of a 16-bit PNG is an error; the
-    arrays that are pictures as Ray decoded them (RGBA, grey) give the loader's embedding."""
-    for names in (["grey16.png"], ["rgba.png", "grey.png"]):
-        ds = ray.data.read_images([str(pngs / n) for n in names], include_paths=True).rename_columns({"path": "file"})
-        rows = _rows(ds, tiny_dir, column="file")
-        if names == ["grey16.png"]:
-            assert rows["grey16.png"]["error"] == "image arrays must hold uint8 pixels (0-255); got dtype uint16"
-            assert np.isnan(rows["grey16.png"]["embedding"]).all()
-            continue
-        for name in names:
-            assert rows[name]["error"] == ""
-            np.testing.assert_allclose(rows[name]["embedding"], expected[name], atol=1e-5, err_msg=name)
-
-
-def test_a_path_that_is_not_the_arrays_file_is_not_read(local_ray, tiny_dir, pngs, expected, tmp_path):
-    """A ``path`` column naming another picture (another size) than the row's array leaves the array as it is."""
+@pytest.mark.parametrize(
+    "names",
+    [["palette.png", "grey.png", "rgba.png", "palette-opaque.png", "rotated.jpg"], ["grey16.png"]],
+    ids=["8-bit", "16-bit"],  # Ray cannot put uint8 and uint16 arrays in one block: two datasets
+)
+def test_read_images_rows_equal_the_loader_or_are_errors(local_ray, tiny_dir, pngs, expected, tmp_path, names):
+    """Each file three times: with its path (read again by the loader: equal to it), with no path (the array
+    alone: a picture as Ray decoded it, or an error), with the path of another picture (another size: ignored)."""
     other = tmp_path / "other.png"
     Image.new("RGB", (5, 5), "red").save(other)
-    ds = ray.data.read_images(str(pngs / "rgba.png"), include_paths=True).map(lambda row: {**row, "path": str(other)})
-    (row,) = add_embeddings(ds, model=str(tiny_dir)).take_all()
-    assert row["error"] == ""
-    np.testing.assert_allclose(row["embedding"], expected["rgba.png"], atol=1e-5)
+    files = [str(pngs / n) for n in names]
+    files += [_copy(pngs / n, tmp_path / "alone") for n in names] + [_copy(pngs / n, tmp_path / "other") for n in names]
+
+    def path_of(row: dict) -> dict:
+        path = Path(row["path"])
+        kind = {"alone": "alone-", "other": "other-"}.get(path.parent.name, "")
+        return {**row, "name": kind + path.name, "path": {"alone-": "", "other-": str(other)}.get(kind, row["path"])}
+
+    ds = ray.data.read_images(files, include_paths=True).map(path_of)
+    rows = {row["name"]: row for row in add_embeddings(ds, model=str(tiny_dir), batch_size=8).take_all()}
+    assert sorted(rows) == sorted(f"{kind}{n}" for kind in ("", "alone-", "other-") for n in names)
+    for name in names:
+        assert rows[name]["error"] == "", name
+        np.testing.assert_allclose(rows[name]["embedding"], expected[name], atol=1e-5, err_msg=name)
+    for name in names:
+        for copy in (f"alone-{name}", f"other-{name}"):
+            row = rows[copy]
+            if name == "grey16.png":  # a uint16 array is no picture of the loader's: an error, not a vector
+                assert row["error"] == "image arrays must hold uint8 pixels (0-255); got dtype uint16"
+                assert np.isnan(row["embedding"]).all()
+            else:
+                assert row["error"] == ""
+                if name in ("rgba.png", "grey.png"):  # pictures as Ray decoded them: the loader's too
+                    np.testing.assert_allclose(row["embedding"], expected[name], atol=1e-5, err_msg=copy)
 
 
 def _readme_blocks() -> list[str]:
