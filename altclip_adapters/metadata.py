@@ -6,7 +6,8 @@ inferred from the values of one shard would then differ from shard to shard (and
 write). So a column's type follows from its name alone, the same in every shard:
 
 - img2dataset's integer columns (:data:`INTEGER_COLUMNS`: ``width``, ``height``, ``original_width``,
-  ``original_height``) are int64; a value that is not an integer is stored as null (reported).
+  ``original_height``) are int64 (an integral float or a string of digits, ``"320"``, counts as its integer);
+  any other value is stored as null (reported).
 - Every other column is a string: strings as they are, any other value (number, bool, list, object) as its
   JSON text (``640`` -> ``"640"``, ``{"a": 1}`` -> ``'{"a": 1}'``), so nothing is lost and every row fits.
 - A value over :data:`MAX_CHARS` characters is cut to that length (reported): a dataset cannot make one row
@@ -18,6 +19,7 @@ Standard library only.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 INTEGER_COLUMNS = frozenset({"width", "height", "original_width", "original_height"})
@@ -33,6 +35,8 @@ def metadata_cell(name: str, value: Any) -> tuple[int | str | None, str | None]:
         if isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63:
             return value, None
         if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+            return int(value), None
+        if isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]{1,18}", value.strip()):
             return int(value), None
         return None, f"field {name!r} is {_short(value)}, not an integer: stored as null"
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)

@@ -240,3 +240,27 @@ def test_unsafe_sample_names_are_refused_in_tars_and_parquet(tiny_dir, tmp_path,
         assert source.skipped == [
             f"{path}:{name!r}: the sample name {why}: left out (it would name a file outside the collection)"
         ]
+
+
+def test_parquet_shards_whose_column_types_disagree_are_all_written(tiny_dir, tmp_path):
+    pictures = [encoded(p, "PNG") for p in make_images(4, seed=9)]
+    first, second = tmp_path / "00000.parquet", tmp_path / "00001.parquet"
+    pq.write_table(pa.table({
+        "key": ["a", "b"], "png": pictures[:2], "txt": [b"caf\xe9", b"tea"], "score": [1, 2], "width": [640, 480],
+    }), first)
+    pq.write_table(pa.table({
+        "key": ["c", "d"], "png": pictures[2:], "txt": [b"milk", b"water"], "score": ["high", "low"],
+        "width": ["unknown", "320"],
+    }), second)
+    shard = read_parquet(str(first))
+    assert [s.caption for s in shard.samples] == ["caf\ufffd", "tea"]
+    assert shard.notes == [f"{first}:a: the caption is not UTF-8 (byte 0xe9 at offset 3): bad bytes replaced by U+FFFD"]
+    assert read_parquet(str(second)).notes == [
+        f"{second}:c: field 'width' is 'unknown', not an integer: stored as null (the first such value of this shard)"
+    ]
+    out = tmp_path / "emb"
+    assert embed(first, second, "--out", out, "--model", tiny_dir, "--modality", "both") == 0
+    metadata = read_metadata(out)
+    assert metadata.column("score").to_pylist() == ["1", "2", "high", "low"]
+    assert metadata.column("width").to_pylist() == [640, 480, None, 320]
+    assert metadata.column("caption").to_pylist() == ["caf\ufffd", "tea", "milk", "water"]
