@@ -148,6 +148,16 @@ def needs_plugin(header: bytes) -> str | None:
     return None
 
 
+def header_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(width, height) of the image file ``path`` as stored (before EXIF orientation), from its header
+    alone; None when it is not a file or not an image Pillow (with :func:`register_plugins`) can open."""
+    try:
+        with open(path, "rb") as file, _open(file) as header:
+            return header.size
+    except Exception:  # noqa: BLE001 (whatever the reason, there is no size to give)
+        return None
+
+
 def check_max_image_pixels(max_image_pixels: int | None) -> int | None:
     """``max_image_pixels`` itself when it is a positive integer or None; else ValueError."""
     if max_image_pixels is not None and (

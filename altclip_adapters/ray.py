@@ -143,26 +143,16 @@ def _file_of(value: Any, path: Any) -> Any:
     """``path`` when ``value`` is the array ``read_images(..., include_paths=True)`` decoded from that file
     (it exists on this machine and its header gives the array's height and width, as HxW[xC] or CxHxW), so
     that the loader reads it by its own rules; else ``value``."""
-    import os
-
     import numpy as np
-    from PIL import Image
 
-    from .images import register_plugins
+    from .images import header_size
 
     if not isinstance(value, np.ndarray) or value.ndim not in (2, 3) or not isinstance(path, str):
         return value
-    register_plugins()
-    try:
-        if not os.path.isfile(path):
-            return value
-        with Image.open(path) as header:
-            size = header.size
-    except Exception:  # noqa: BLE001 (not a file the loader would read either: the array is judged alone)
-        return value
+    size = header_size(path)
     shape = value.shape  # HxW, HxWxC, or CxHxW (a ragged batch of Ray's gives a 2-D picture as 1xHxW)
     sizes = {(shape[1], shape[0])} | ({(shape[2], shape[1])} if value.ndim == 3 else set())
-    return path if size in sizes else value
+    return path if size is not None and size in sizes else value
 
 
 def add_embeddings(

@@ -231,7 +231,9 @@ def _sample(shard: Shard, path: str, key: str, image, caption: str | None, field
     where = f"{path}:{key}"
     problem = unsafe_name(key)
     if problem:
-        shard.skipped.append(f"{path}:{key!r}: the sample name {problem}: left out (it would name a file outside the collection)")
+        shard.skipped.append(
+            f"{path}:{key!r}: the sample name {problem}: left out (it would name a file outside the collection)"
+        )
         return
     metadata = {"image_path": key, "caption": caption}
     for name, value in fields.items():
@@ -243,13 +245,11 @@ def _sample(shard: Shard, path: str, key: str, image, caption: str | None, field
     shard.samples.append(Sample(key, image, text, metadata))
 
 
-def _tar_sample(shard: Shard, path: str, key: str, files: dict[str, bytes]) -> None:
+def _tar_sample(shard: Shard, path: str, key: str, files: dict[str, bytes], suffixes: frozenset[str]) -> None:
     """Add the sample made of the members of one tar sample (extension -> bytes) to ``shard``: the image is
-    the first member whose suffix the loader reads; a bad sample is named in ``shard.skipped``."""
-    from .images import image_suffixes
-
+    the first member whose suffix is one of ``suffixes`` (the loader's); a bad sample is named in
+    ``shard.skipped``."""
     where = f"{path}:{key}"
-    suffixes = image_suffixes()
     image = next((data for ext, data in files.items() if f".{ext}" in suffixes), None)
     caption = None
     if "txt" in files:
@@ -257,7 +257,7 @@ def _tar_sample(shard: Shard, path: str, key: str, files: dict[str, bytes]) -> N
 
         data = files["txt"]
         if len(data) > MAX_TEXT_MEMBER_BYTES:
-            shard.note("long caption", f"{where}: the caption (.txt) is over {MAX_TEXT_MEMBER_BYTES:,} bytes: cut there")
+            shard.note("long caption", f"{where}: the caption (.txt) is over {MAX_TEXT_MEMBER_BYTES:,} bytes: cut")
             data = data[:MAX_TEXT_MEMBER_BYTES]
         caption, problem = decode_text(data)
         if problem:
@@ -294,18 +294,22 @@ class _Tail:
 
 
 def read_tar(path: str) -> Shard:
-    """The samples of a webdataset tar (see the module docstring), in archive order. A sample whose
-    caption is not UTF-8 or whose json is not an object is left out and named in :attr:`Shard.skipped`;
-    a sample with no image member is kept with ``image=None``. When the archive breaks (a corrupt member,
+    """The samples of a webdataset tar (see the module docstring), in archive order. A sample whose json
+    is not an object (or is over :data:`MAX_TEXT_MEMBER_BYTES`) or whose name is unsafe (:func:`unsafe_name`)
+    is left out and named in :attr:`Shard.skipped`; a caption that is not UTF-8 is decoded with U+FFFD for
+    the bad bytes and noted in :attr:`Shard.notes`; a sample with no image member is kept with ``image=None``. When the archive breaks (a corrupt member,
     or the file ends without the end-of-archive marker), the sample being read there is dropped and
     :attr:`Shard.error` names the shard and the last complete sample."""
     from webdataset.tariterators import base_plus_ext
 
+    from .images import image_suffixes
+
     shard = Shard([])
     key, files = None, {}
+    suffixes = image_suffixes()
 
     def flush() -> None:
-        _tar_sample(shard, path, key, files)
+        _tar_sample(shard, path, key, files, suffixes)
 
     with open(path, "rb") as file:
         stream = _Tail(file)
