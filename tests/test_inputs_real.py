@@ -264,3 +264,15 @@ def test_parquet_shards_whose_column_types_disagree_are_all_written(tiny_dir, tm
     assert metadata.column("score").to_pylist() == ["1", "2", "high", "low"]
     assert metadata.column("width").to_pylist() == [640, 480, None, 320]
     assert metadata.column("caption").to_pylist() == ["caf\ufffd", "tea", "milk", "water"]
+
+
+def test_tar_members_in_any_format_the_loader_reads_are_the_image(tmp_path):
+    pictures = make_images(3, seed=4)
+    formats = [("avif", "AVIF"), ("JFIF", "JPEG"), ("heic", "HEIF")]
+    tar = write_tar(tmp_path / "00000.tar", [
+        {"__key__": f"{i:04d}", ext: encoded(picture, format), "txt": b"a photo"}
+        for i, (picture, (ext, format)) in enumerate(zip(pictures, formats))
+    ])
+    shard = read_tar(str(tar))
+    assert [s.image is not None for s in shard.samples] == [True, True, True]
+    assert [load_image(s.image).size for s in shard.samples] == [p.size for p in pictures]
