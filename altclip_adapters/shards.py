@@ -72,6 +72,7 @@ class Shard:
     missing_images: int = 0
     notes: list[str] = field(default_factory=list)
     _noted: set[str] = field(default_factory=set, repr=False, compare=False)
+    _columns: set[str] = field(default_factory=set, repr=False, compare=False)
 
     def note(self, kind: str, message: str) -> None:
         """Record ``message`` unless a note of the same ``kind`` (e.g. a field name) was recorded before."""
@@ -191,6 +192,8 @@ def plan(patterns: Sequence[str], *, shard_size: int = SHARD_SIZE) -> list[Shard
 
 
 MAX_TEXT_MEMBER_BYTES = 1 << 20  # a .txt or .json member over 1 MiB is not read whole
+MAX_MEMBER_BYTES = 1 << 30  # a tar member over 1 GiB is not read: its sample is skipped
+MAX_COLUMNS = 512  # a shard's metadata keeps at most this many json field names (the first seen)
 
 
 def unsafe_name(name: str) -> str | None:
@@ -237,10 +240,17 @@ def _sample(shard: Shard, path: str, key: str, image, caption: str | None, field
         return
     metadata = {"image_path": key, "caption": caption}
     for name, value in fields.items():
-        if name not in metadata:
-            metadata[name], change = metadata_cell(name, value)
-            if change:
-                shard.note(f"field {name}", f"{where}: {change} (the first such value of this shard)")
+        if name in metadata:
+            continue
+        if name not in shard._columns:
+            if len(shard._columns) >= MAX_COLUMNS:
+                message = f"{where}: over {MAX_COLUMNS} field names in this shard: {name!r} and later new names left out"
+                shard.note("columns", message)
+                continue
+            shard._columns.add(name)
+        metadata[name], change = metadata_cell(name, value)
+        if change:
+            shard.note(f"field {name}", f"{where}: {change} (the first such value of this shard)")
     text = None if caption is None or is_blank(caption) else caption
     shard.samples.append(Sample(key, image, text, metadata))
 
@@ -305,11 +315,14 @@ def read_tar(path: str) -> Shard:
     from .images import image_suffixes
 
     shard = Shard([])
-    key, files = None, {}
+    key, files, oversized = None, {}, []
     suffixes = image_suffixes()
 
     def flush() -> None:
-        _tar_sample(shard, path, key, files, suffixes)
+        if oversized:
+            shard.skipped.append(f"{path}:{key}: member {oversized[0]} is over {MAX_MEMBER_BYTES:,} bytes: not read")
+        else:
+            _tar_sample(shard, path, key, files, suffixes)
 
     with open(path, "rb") as file:
         stream = _Tail(file)
@@ -322,7 +335,10 @@ def read_tar(path: str) -> Shard:
                     if prefix != key:
                         if key is not None:
                             flush()  # complete: its members are contiguous and the next one has begun
-                        key, files = prefix, {}
+                        key, files, oversized = prefix, {}, []
+                    if member.size > MAX_MEMBER_BYTES:
+                        oversized.append(repr(member.name))
+                        continue  # the stream skips its data
                     limit = MAX_TEXT_MEMBER_BYTES + 1 if suffix.lower() in ("txt", "json") else -1
                     files[suffix.lower()] = archive.extractfile(member).read(limit)
             reason = None if stream.ends_with_marker() else "the file ends without the end-of-archive marker"

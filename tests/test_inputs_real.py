@@ -18,6 +18,7 @@ import pytest
 from conftest import make_images, write_tar
 from PIL import Image
 
+from altclip_adapters import shards
 from altclip_adapters.cli import main
 from altclip_adapters.images import UnreadableImageError, describe, image_suffixes, load_image
 from altclip_adapters.inputs import find_images, read_text_lines, split_lines
@@ -276,3 +277,18 @@ def test_tar_members_in_any_format_the_loader_reads_are_the_image(tmp_path):
     shard = read_tar(str(tar))
     assert [s.image is not None for s in shard.samples] == [True, True, True]
     assert [load_image(s.image).size for s in shard.samples] == [p.size for p in pictures]
+
+
+def test_a_shard_keeps_a_bounded_number_of_field_names_and_skips_oversized_members(tmp_path, monkeypatch):
+    monkeypatch.setattr(shards, "MAX_COLUMNS", 4)  # the limits made small, so that the test's files are
+    path = _json_tar(tmp_path / "wide.tar", [{"a": 1, "b": 2}, {"c": 3, "d": 4, "e": 5}, {"a": 6, "f": 7}])
+    shard = read_tar(str(path))
+    assert [sorted(s.metadata) for s in shard.samples] == [
+        ["a", "b", "caption", "image_path"], ["c", "caption", "d", "image_path"], ["a", "caption", "image_path"]
+    ]
+    assert shard.notes == [f"{path}:wide_1: over 4 field names in this shard: 'e' and later new names left out"]
+    monkeypatch.setattr(shards, "MAX_MEMBER_BYTES", 1000)
+    big = write_tar(tmp_path / "big.tar", [{"__key__": "x", "png": b"\0" * 1001}, {"__key__": "y", "png": b"\0" * 10}])
+    shard = read_tar(str(big))
+    assert [s.key for s in shard.samples] == ["y"]
+    assert shard.skipped == [f"{big}:x: member 'x.png' is over 1,000 bytes: not read"]
