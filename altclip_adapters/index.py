@@ -1,11 +1,18 @@
 """FAISS indexes over an embedding folder (the layout of :mod:`altclip_adapters.store`), and search.
 
 ``build_index(DIR)`` writes ``DIR/image.index`` and ``DIR/text.index`` (with ``DIR/image.json`` /
-``DIR/text.json`` describing each), the names and place clip-retrieval uses (``clip_retrieval/clip_index.py``
-writes ``<index_folder>/image.index`` and ``image.json``; its back end loads ``<indice_folder>/image.index``,
-``text.index`` and ``metadata/*.parquet``), so an embedding folder is also an index folder that
-clip-retrieval's back end can serve. Row ``i`` of the index is row ``i`` of the folder (shards in file-name
-order).
+``DIR/text.json`` describing each), the names and place clip-retrieval uses (``clip_retrieval/clip_index.py``).
+
+An index is tied to the shards it was built from (``store.shards``: a shard is the unit of change of an
+embedding folder). FAISS ids are ``shard_id << 32 | row_in_shard`` (``add_with_ids``; an ``IndexIDMap``
+around the kinds that keep no ids), so adding or removing a shard never renumbers the others; the json
+records, per shard, the stat fingerprint and row count the index holds, and the model. (clip-retrieval's
+back end reads ids as row numbers, so it cannot serve these indexes: the price of updates.) Readers
+(:class:`EmbeddingIndex`) compare that record with the folder: rows of shards the index does not hold are
+searched exactly and merged with the index's hits, ids of shards changed or removed since are dropped, and
+an index that is foreign (other model, replaced file) or unreadable is not used; each case is one warning
+naming ``altclip index DIR``. ``build_index`` on a folder whose index is behind applies the difference
+without retraining, or rebuilds by the rule in :func:`_drift`.
 
 The index is chosen by autofaiss's rules (autofaiss 2.18, ``external/optimize.py``,
 ``get_optimal_index_keys_v2``, first choice; autofaiss itself pins numpy < 2, so it is not a dependency):
@@ -582,7 +589,8 @@ def build_index(
     (``remove_ids``; HNSW cannot, so it is rebuilt) and the rows of new or changed shards added
     (``add_with_ids``). It is rebuilt from scratch instead (the ``_drift`` rule) when the metric or
     ``index_key`` differ, autofaiss's rules now choose another key, or the rows are more than twice or less
-    than half those it was built on; ``rebuild=True`` always rebuilds.
+    than half those it was built on (a key given once through ``index_key`` is kept by later calls without
+    one); ``rebuild=True`` always rebuilds.
 
     ``max_index_memory_usage``: the budget the index must fit in RAM (chooses the index; module
     docstring); ``current_memory_available``: bounds the IVF training sample; ``metric``: ``"ip"``
@@ -684,6 +692,9 @@ class EmbeddingIndex:
             raise FileNotFoundError(f"{self.folder} holds no embeddings (img_emb/*.npy or text_emb/*.npy)")
         self._shards = {m: current_shards(self.folder, m) for m in self.modalities}
         self._counts = {m: sum(s.rows for s in shard_list) for m, shard_list in self._shards.items()}
+        self._numbers = {m: np.array([s.shard_id for s in shard_list], np.int64) for m, shard_list in self._shards.items()}
+        self._offsets = {m: np.cumsum([0] + [s.rows for s in shard_list])[:-1].astype(np.int64)
+                         for m, shard_list in self._shards.items()}  # global row of each shard's first row
         first = next((s for m in self.modalities for s in self._shards[m]), None)
         dim = manifest.get("dim") or (np.load(first.embeddings, mmap_mode="r").shape[1] if first else None)
         if dim is None:
@@ -760,28 +771,16 @@ class EmbeddingIndex:
             self._on_warning(
                 f"{index_path(self.folder, modality)} is behind the folder: it holds {len(diff.held)} of its "
                 f"{len(current)} shards; {len(diff.missing)} new or changed shard(s) ({rows:,} rows) are searched "
-                f"exactly and merged, {len(diff.dropped) - len(set(diff.dropped) & {s.shard_id for s in diff.missing})} "
-                f"removed shard(s) left out: update it with {rebuild}"
+                f"exactly and merged, the index's rows of {len(diff.dropped)} changed or removed shard(s) left out: "
+                f"update it with {rebuild}"
             )
         arrays, ids = self._load_exact(diff.missing)
         return _Searcher(info["metric"], index if diff.held else None, np.sort(stale), arrays, ids)
 
     def _rows_of(self, modality: str, ids: np.ndarray) -> np.ndarray:
         """Global rows (reading order) of FAISS ids ``shard_id << 32 | row``."""
-        shard_list = self._shards[modality]
-        numbers = np.array([s.shard_id for s in shard_list], np.int64)
-        offsets = np.concatenate([[0], np.cumsum([s.rows for s in shard_list])])[:-1].astype(np.int64)
-        where = np.searchsorted(numbers, ids >> ID_SHIFT)
-        return offsets[where] + (ids & ((1 << ID_SHIFT) - 1))
-
-    def _locate(self, modality: str, row: int) -> tuple[ShardFiles, int]:
-        """(shard, row within it) of global row ``row``."""
-        offset = 0
-        for shard in self._shards[modality]:
-            if row < offset + shard.rows:
-                return shard, row - offset
-            offset += shard.rows
-        raise IndexError(f"row {row} is outside 0..{self._counts[modality] - 1}")
+        where = np.searchsorted(self._numbers[modality], ids >> ID_SHIFT)
+        return self._offsets[modality][where] + (ids & ((1 << ID_SHIFT) - 1))
 
     def _shard_table(self, shard: ShardFiles) -> pa.Table:
         import pyarrow.parquet as pq
@@ -811,12 +810,18 @@ class EmbeddingIndex:
         return self._columns
 
     def _row_metadata(self, modality: str, rows: list[int]) -> list[dict[str, Any]]:
+        """Metadata dicts of global ``rows`` (any order), reading only the shards they fall in: one
+        ``take`` per shard."""
         names = self.column_names(modality)
-        out = []
-        for row in rows:
-            shard, within = self._locate(modality, row)
-            found = self._shard_table(shard).slice(within, 1).to_pylist()[0]
-            out.append({name: found.get(name) for name in names})
+        by_shard: dict[int, list[tuple[int, int]]] = {}  # shard index -> (position in rows, row within shard)
+        for position, row in enumerate(rows):
+            where = int(np.searchsorted(self._offsets[modality], row, side="right")) - 1
+            by_shard.setdefault(where, []).append((position, row - int(self._offsets[modality][where])))
+        out: list[dict[str, Any]] = [{}] * len(rows)
+        for where, wanted in by_shard.items():
+            table = self._shard_table(self._shards[modality][where])
+            for (position, _), found in zip(wanted, table.take([w for _, w in wanted]).to_pylist()):
+                out[position] = {name: found.get(name) for name in names}
         return out
 
     def metadata(self, row: int, modality: str = "image") -> dict[str, Any]:
