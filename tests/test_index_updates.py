@@ -297,3 +297,8 @@ def test_index_of_a_single_file_output_and_of_a_0_row_folder(tmp_path, capsys):
     assert "it holds image embeddings" not in err and len(err.strip().splitlines()) == 1
     index = open_index(tmp_path / "empty")
     assert index.count() == 0 and index.search(np.ones((1, 8), np.float32) / 8**0.5, 3) == [[]]
+    assert cli.main(["search", str(tmp_path / "empty"), "a cat"]) == 1
+    assert "holds no image rows (every shard altclip embed wrote there was empty): nothing to search" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        cli.main(["search", str(tmp_path / "x.parquet")])  # no query: a usage error, before the file is read
+    assert usage.value.code == 2 and "give a text query or --image FILE" in capsys.readouterr().err

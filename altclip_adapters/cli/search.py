@@ -55,6 +55,8 @@ def search_folder(args: argparse.Namespace, folder: Path) -> None:
     modality = args.modality or ("image" if "image" in index.modalities else "text")
     if modality not in index.modalities:
         raise CLIError(f"{folder} holds no {modality} embeddings (it holds {' and '.join(index.modalities)})")
+    if not index.count(modality):
+        raise CLIError(f"{folder} holds no {modality} rows (every shard altclip embed wrote there was empty): nothing to search")
     query = embed_query(args, index.model, index.dim, index.model)
     for hit in index.search(query, args.k, modality=modality)[0]:
         print(f"{hit.rank:>3}  {hit.score:.4f}  {describe(hit.metadata)}")
