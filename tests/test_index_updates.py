@@ -208,13 +208,17 @@ def test_an_index_is_rebuilt_when_the_collection_drifted(tmp_path):
 
 
 # tuning that tells the truth -------------------------------------------------------------------------
-def test_identical_vectors_reach_the_target_recall_or_say_why(tmp_path):
+def test_identical_vectors_reach_the_target_recall_or_say_why(tmp_path, capsys):
     pool = clustered(5050, 64, seed=0)
     x = pool[:5000].copy()
     duplicates = np.random.default_rng(1).choice(5000, 900, replace=False)
     x[duplicates] = x[duplicates[0]]
     folder = write_folder(tmp_path / "emb", x, shard_rows=2500)
-    info = build_index(folder)["image"]
+    assert cli.main(["index", str(folder)]) == 0
+    out, err = capsys.readouterr()
+    info = json.loads((folder / "image.json").read_text())
+    assert out.startswith(f"image: built from scratch (no index yet): {info['index_key']} ({info['index_param']}) over 5,000 64-d")
+    assert err == f"altclip: image: {info['note']}\n"
     assert info["recall_at_k"]["recall"] >= 0.95 and info["recall_at_k"]["queries"] == 500
     assert info["index_key"].startswith("IVF") and info["rule_key"] == "HNSW15"
     assert info["note"].startswith("HNSW15 reached recall@10 0.") and "identical vectors" in info["note"]
