@@ -440,6 +440,11 @@ def _load(folder: Path, modality: str, *, model: str | None, dim: int) -> tuple[
         raise _Unusable(f"{meta} cannot be read ({e})") from None
     if not isinstance(info, dict) or info.get("format") != INFO_FORMAT or not isinstance(info.get("shards"), dict):
         raise _Unusable(f"{meta} records no shards (an index from an older altclip-adapters or another tool)")
+    if info.get("metric") not in METRICS or not isinstance(info.get("index_param", ""), str) or not all(
+        sid.isdigit() and isinstance(rec, dict) and type(rec.get("rows")) is int and isinstance(rec.get("fingerprint"), str)
+        for sid, rec in info["shards"].items()
+    ):
+        raise _Unusable(f"{meta} is damaged (a metric, search parameter or shard record of the wrong form)")
     if info.get("model") != model or info.get("dim") != dim:
         raise _Unusable(f"{path} was built from {info.get('dim')}-d embeddings of {info.get('model')}, "
                         f"not this folder's {dim}-d embeddings of {model}")
@@ -449,9 +454,14 @@ def _load(folder: Path, modality: str, *, model: str | None, dim: int) -> tuple[
         index = _faiss().read_index(str(path))
     except RuntimeError as e:
         raise _Unusable(f"{path} cannot be read by FAISS ({_faiss_message(e)})") from None
-    held = sum(int(r.get("rows", -1)) for r in info["shards"].values() if isinstance(r, dict))
+    held = sum(r["rows"] for r in info["shards"].values())
     if index.d != dim or index.ntotal != held:
         raise _Unusable(f"{path} holds {index.ntotal} {index.d}-d vectors; {meta.name} says {held} {dim}-d ones")
+    try:
+        if info.get("index_param"):
+            _faiss().ParameterSpace().set_index_parameters(index, info["index_param"])
+    except RuntimeError as e:
+        raise _Unusable(f"{meta} names a search parameter FAISS refuses ({_faiss_message(e)})") from None
     return info, index
 
 
@@ -762,14 +772,12 @@ class EmbeddingIndex:
             self._on_warning(f"{e}; searching {modality} embeddings exactly: rebuild the index with {rebuild}")
             return _Searcher("ip", None, exact=(loaded := self._load_exact(current))[0], exact_ids=loaded[1])
         diff = _diff(info, current)
-        if info.get("index_param"):
-            _faiss().ParameterSpace().set_index_parameters(index, info["index_param"])
         stale = (np.concatenate([row_ids(s, int(info["shards"][str(s)]["rows"])) for s in diff.dropped])
                  if diff.dropped else np.zeros(0, np.int64))
         if diff.dropped or diff.missing:
             rows = sum(s.rows for s in diff.missing)
             self._on_warning(
-                f"{index_path(self.folder, modality)} is behind the folder: it holds {len(diff.held)} of its "
+                f"{index_path(self.folder, modality)} is behind the folder: it holds {len(diff.held)} of the folder's "
                 f"{len(current)} shards; {len(diff.missing)} new or changed shard(s) ({rows:,} rows) are searched "
                 f"exactly and merged, the index's rows of {len(diff.dropped)} changed or removed shard(s) left out: "
                 f"update it with {rebuild}"

@@ -75,7 +75,7 @@ def test_an_index_behind_the_folder_is_merged_with_exact_search(flat):
     assert index.count() == len(stored) == 670
     assert_exact(index, stored, keys, np.concatenate([clustered(8, DIM, seed=3), stored[[0, 250, 600]]]))
     assert len(warnings) == 1
-    assert "image.index is behind the folder: it holds 2 of its 4 shards" in warnings[0]
+    assert "image.index is behind the folder: it holds 2 of the folder's 4 shards" in warnings[0]
     assert "2 new or changed shard(s) (270 rows) are searched exactly" in warnings[0]
     assert warnings[0].endswith(f"altclip index {folder}")
 
@@ -95,10 +95,10 @@ def test_an_index_copied_from_another_folder_is_not_trusted(tmp_path, keep_times
     assert [q[0].row for q in hits] == [301, 5] and hits[0][0].metadata["key"] == "k301"
     assert_exact(index, mine, [f"k{i}" for i in range(600)], clustered(5, DIM, seed=4))
     assert len(warnings) == 1 and warnings[0].endswith(f"altclip index {b}")
-    assert ("it holds 0 of its 2 shards" if keep_times else "is not the file image.json describes") in warnings[0]
+    assert ("it holds 0 of the folder's 2 shards" if keep_times else "is not the file image.json describes") in warnings[0]
 
 
-@pytest.mark.parametrize("damage", ["truncated", "random bytes", "empty json", "json of another model"])
+@pytest.mark.parametrize("damage", ["truncated", "random bytes", "empty json", "json of another model", "bad shard record", "bad parameter"])
 def test_a_corrupt_index_falls_back_to_exact_search(flat, damage):
     folder, images = flat
     build_index(folder)
@@ -111,13 +111,18 @@ def test_a_corrupt_index_falls_back_to_exact_search(flat, damage):
         info.write_text(json.dumps({**json.loads(info.read_text()), "index_file": f"{st.st_size}:{st.st_mtime_ns}"}))
     elif damage == "empty json":
         info.write_text("")
+    elif damage == "bad shard record":
+        info.write_text(json.dumps({**json.loads(info.read_text()), "shards": {"x": {"rows": "many"}}}))
+    elif damage == "bad parameter":
+        info.write_text(json.dumps({**json.loads(info.read_text()), "index_param": "efSearch=lots"}))
     else:
         info.write_text(json.dumps({**json.loads(info.read_text()), "model": "other"}))
     warnings: list[str] = []
     index = open_index(folder, on_warning=warnings.append)
     assert_exact(index, images[:800], [f"k{i}" for i in range(800)], clustered(6, DIM, seed=3))
     expected = {"truncated": "is not the file image.json describes", "random bytes": "cannot be read by FAISS",
-                "empty json": "image.json cannot be read", "json of another model": "embeddings of other, not"}[damage]
+                "empty json": "image.json cannot be read", "json of another model": "embeddings of other, not",
+                "bad shard record": "image.json is damaged", "bad parameter": "names a search parameter FAISS refuses"}[damage]
     assert len(warnings) == 1 and expected in warnings[0] and "searching image embeddings exactly" in warnings[0]
 
 
