@@ -754,6 +754,14 @@ class EmbeddingIndex:
         ids = np.concatenate([row_ids(s.shard_id, s.rows) for s in shard_list]) if shard_list else np.zeros(0, np.int64)
         return arrays, ids
 
+    def load(self, modalities: Sequence[str] | None = None) -> None:
+        """Load the searchers of ``modalities`` (default: every one) now rather than at their first search:
+        what a server does at start, so that a warning about its index comes then and the first request
+        does not wait. ValueError for a modality the folder does not hold."""
+        for modality in modalities or self.modalities:
+            self._check_modality(modality)
+            self._searcher(modality)
+
     def _searcher(self, modality: str) -> _Searcher:
         with self._lock:
             if modality not in self._searchers:

@@ -119,6 +119,8 @@ def test_a_corrupt_index_falls_back_to_exact_search(flat, damage):
         info.write_text(json.dumps({**json.loads(info.read_text()), "model": "other"}))
     warnings: list[str] = []
     index = open_index(folder, on_warning=warnings.append)
+    index.load()  # as a server does at start: the warning comes now
+    assert len(warnings) == 1
     assert_exact(index, images[:800], [f"k{i}" for i in range(800)], clustered(6, DIM, seed=3))
     expected = {"truncated": "is not the file image.json describes", "random bytes": "cannot be read by FAISS",
                 "empty json": "image.json cannot be read", "json of another model": "embeddings of other, not",
