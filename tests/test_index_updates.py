@@ -214,6 +214,15 @@ def test_an_index_is_rebuilt_when_the_collection_drifted(tmp_path):
     assert rules["index_key"] == "HNSW15" and rules["rule_key"] == "HNSW15"
 
 
+def test_an_index_is_rebuilt_when_the_rules_choose_another_kind(flat):
+    folder, images = flat
+    assert build_index(folder)["image"]["index_key"] == "Flat"
+    EmbeddingWriter(folder, model="m", dtype="float32").write_shard(4, image_embeddings=images[800:1000], metadata=meta(800, 1000))
+    info = build_index(folder)["image"]
+    assert info["action"] == "built from scratch (the rules choose HNSW15 for 1,000 rows, the index was built as Flat)"
+    assert info["index_key"] == "HNSW15" and sorted(info["shards"]) == ["0", "1", "2", "3", "4"]
+
+
 # tuning that tells the truth -------------------------------------------------------------------------
 def test_identical_vectors_reach_the_target_recall_or_say_why(tmp_path, capsys):
     pool = clustered(5050, 64, seed=0)
