@@ -775,7 +775,7 @@ class EmbeddingIndex:
             return _Searcher("ip", None, exact=(loaded := self._load_exact(current))[0], exact_ids=loaded[1])
         try:
             _faiss()
-            info, index = _load(self.folder, modality, model=self.model, dim=self.dim)
+            info, index = _load(self.folder, modality, model=_folder_model(self.folder), dim=self.dim)
         except (_Unusable, ImportError) as e:
             self._on_warning(f"{e}; searching {modality} embeddings exactly: rebuild the index with {rebuild}")
             return _Searcher("ip", None, exact=(loaded := self._load_exact(current))[0], exact_ids=loaded[1])

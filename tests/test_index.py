@@ -201,6 +201,10 @@ def test_a_folder_without_sidecar_needs_a_model(tmp_path):
         open_index(folder)
     index = open_index(folder, model="BAAI/AltCLIP")
     assert (index.model, index.dim, index.count()) == ("BAAI/AltCLIP", 8, 20)
+    build_index(folder, index_key="HNSW8")  # built without a sidecar: records no model, and is used
+    warnings: list[str] = []
+    hits = open_index(folder, model="BAAI/AltCLIP", on_warning=warnings.append).search(clustered(20, 8)[:2], 1)
+    assert [q[0].row for q in hits] == [0, 1] and warnings == []
 
 
 # ANN indexes ------------------------------------------------------------------------------------
