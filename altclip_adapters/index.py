@@ -310,6 +310,9 @@ def _new_index(dim: int, key: str, metric: str, count: int) -> faiss.Index:
     the others are wrapped in ``IndexIDMap``. ValueError naming the problem when FAISS refuses the key or
     an IVF has more lists than there are rows to train it."""
     faiss = _faiss()
+    for graph in re.finditer(r"(HNSW|NSG)(\d+)", key):  # FAISS aborts the process on a graph of fewer links
+        if int(graph.group(2)) < 2:
+            raise ValueError(f"{key}: {graph.group(0)} has {graph.group(2)} links per node; a graph needs at least 2 (e.g. HNSW32)")
     try:
         index = faiss.index_factory(dim, key, faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2)
     except RuntimeError as e:
@@ -323,7 +326,8 @@ def _new_index(dim: int, key: str, metric: str, count: int) -> faiss.Index:
             f"{key} has {int(ivf.group(1)):,} lists but there are {count:,} rows to train them: use at most "
             f"IVF{2 ** int(math.log2(max(count // 39, 1)))},Flat (39 rows a list, as FAISS asks), or leave out --index-key"
         )
-    return index if ivf or isinstance(index, faiss.IndexIDMap) else faiss.IndexIDMap(index)
+    inner = index.index if isinstance(index, faiss.IndexPreTransform) else index  # OPQ, PCA: the index after them
+    return index if isinstance(inner, (faiss.IndexIVF, faiss.IndexIDMap)) else faiss.IndexIDMap(index)
 
 
 def recall_with_ties(found_scores: np.ndarray, truth_scores: np.ndarray, metric: str = "ip", *, epsilon: float = 1e-5) -> float:
@@ -390,15 +394,18 @@ def _build_full(parts: list[_Part], key: str, *, metric: str, current_memory_ava
             raise ValueError(f"FAISS cannot train {key} on {size:,} rows: {_faiss_message(e)}") from None
     held_out = min(tune_queries, count // 10) if key != "Flat" else 0  # the last rows: queries to tune and measure
     indexed = _slices(parts, 0, count - held_out)
-    _add(index, indexed)
     tune_k = min(k, count - held_out)
     param, recall = "", None
     why = "Flat is exact search: nothing to tune" if key == "Flat" else f"{count} rows are too few to hold a tenth out as queries"
-    if held_out and tune_k:
-        queries = np.concatenate([_unit(a) for a, _ in _slices(parts, count - held_out, count)])
-        param, recall = _tune(index, key, indexed, queries, k=tune_k, target_recall=target_recall, metric=metric)
-        why = None
-    _add(index, _slices(parts, count - held_out, count))
+    try:
+        _add(index, indexed)
+        if held_out and tune_k:
+            queries = np.concatenate([_unit(a) for a, _ in _slices(parts, count - held_out, count)])
+            param, recall = _tune(index, key, indexed, queries, k=tune_k, target_recall=target_recall, metric=metric)
+            why = None
+        _add(index, _slices(parts, count - held_out, count))
+    except RuntimeError as e:
+        raise ValueError(f"FAISS cannot build {key} over {count:,} rows: {_faiss_message(e)}") from None
     measured = {"k": tune_k, "recall": None if recall is None else round(recall, 4), "queries": held_out if recall is not None else 0}
     if why:
         measured["why_none"] = why
@@ -651,11 +658,12 @@ class Hit:
 @dataclass
 class _Searcher:
     """How one modality is searched: the FAISS index over the shards it holds (``ann``, with the ids of
-    changed or removed shards in ``stale``), and exact search over ``exact`` (unit float32 rows of the
-    shards the index does not hold, ids ``exact_ids``)."""
+    changed or removed shards in ``stale``; its hits are rescored exactly from the ``held`` shards' rows),
+    and exact search over ``exact`` (unit float32 rows of the shards the index does not hold, ids ``exact_ids``)."""
 
     metric: str
     ann: Any = None
+    held: dict[int, np.ndarray] = field(default_factory=dict)  # shard id -> memory-mapped rows, to rescore the index's hits
     stale: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     exact: list[np.ndarray] = field(default_factory=list)
     exact_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -791,7 +799,8 @@ class EmbeddingIndex:
                 f"update it with {rebuild}"
             )
         arrays, ids = self._load_exact(diff.missing)
-        return _Searcher(info["metric"], index if diff.held else None, np.sort(stale), arrays, ids)
+        held = {s.shard_id: np.load(s.embeddings, mmap_mode="r") for s in current if s.shard_id in set(diff.held)}
+        return _Searcher(info["metric"], index if diff.held else None, held, np.sort(stale), arrays, ids)
 
     def _rows_of(self, modality: str, ids: np.ndarray) -> np.ndarray:
         """Global rows (reading order) of FAISS ids ``shard_id << 32 | row``."""
@@ -898,15 +907,29 @@ class EmbeddingIndex:
         ]
 
 
+def _rescore(searcher: _Searcher, queries: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Exact scores [n, k] of the index's hits ``ids`` (-1: none; any score there) from the stored rows,
+    renormalised in float32: the same numbers exact search gives, whatever the index stores (PQ codes, PCA)."""
+    scores = np.zeros(ids.shape, np.float32)
+    shard_ids, rows = ids >> ID_SHIFT, ids & ((1 << ID_SHIFT) - 1)
+    for shard_id in np.unique(shard_ids[ids >= 0]).tolist():
+        hit = (ids >= 0) & (shard_ids == shard_id)
+        wanted = np.unique(rows[hit])  # sorted: one pass over the memory map
+        vectors = _unit(searcher.held[shard_id][wanted])[np.searchsorted(wanted, rows[hit])]
+        asked = queries[np.nonzero(hit)[0]]
+        scores[hit] = np.einsum("nd,nd->n", vectors, asked) if searcher.metric == "ip" else ((vectors - asked) ** 2).sum(1)
+    return scores
+
+
 def _merged_search(searcher: _Searcher, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, FAISS ids) [n, k], best first: the index's hits (stale ids dropped) merged with exact search
-    over the shards it does not hold; ids -1 past the end."""
+    """(scores, FAISS ids) [n, k], best first: the index's hits (stale ids dropped, rescored exactly) merged
+    with exact search over the shards it does not hold; ids -1 past the end."""
     sign = 1.0 if searcher.metric == "ip" else -1.0  # sort key: higher is better
     keys, ids = [], []
     if searcher.ann is not None and searcher.ann.ntotal:
-        scores, found = searcher.ann.search(queries, min(k + len(searcher.stale), searcher.ann.ntotal))
+        found = searcher.ann.search(queries, min(k + len(searcher.stale), searcher.ann.ntotal))[1]
         bad = (found < 0) | np.isin(found, searcher.stale)
-        keys.append(np.where(bad, -np.inf, sign * scores))
+        keys.append(np.where(bad, -np.inf, sign * _rescore(searcher, queries, np.where(bad, -1, found))))
         ids.append(np.where(bad, -1, found))
     if searcher.exact:
         scores, rows = exact_search(searcher.exact, queries, k, metric=searcher.metric)

@@ -322,3 +322,19 @@ def test_index_of_a_single_file_output_and_of_a_0_row_folder(tmp_path, capsys):
     with pytest.raises(SystemExit) as usage:
         cli.main(["search", str(tmp_path / "x.parquet")])  # no query: a usage error, before the file is read
     assert usage.value.code == 2 and "give a text query or --image FILE" in capsys.readouterr().err
+
+
+def test_hits_of_a_lossy_index_carry_exact_scores(tmp_path):
+    """PCA (or PQ) indexes store approximate vectors: their hits are rescored from the stored rows, so a
+    score is the cosine exact search gives and merging with exactly searched shards ranks alike."""
+    x = clustered(600, DIM, seed=13)
+    folder = write_folder(tmp_path / "emb", x, shard_rows=200)
+    build_index(folder, index_key="PCA8,Flat")
+    index = open_index(folder)
+    hits = index.search(x[:5], 5)
+    found = np.array([[h.row for h in q] for q in hits])
+    scores = np.array([[h.score for h in q] for q in hits])
+    np.testing.assert_allclose(scores, np.einsum("nkd,nd->nk", x[found], x[:5]), atol=1e-5)
+    assert (np.diff(scores, axis=1) <= 0).all()
+    raw = faiss.read_index(str(folder / "image.index")).search(x[:5], 5)[0]
+    assert np.abs(raw - scores).max() > 1e-3  # what the index alone would have said
