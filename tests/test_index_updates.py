@@ -296,7 +296,9 @@ def test_float16_scores_never_exceed_one(tmp_path):
 @pytest.mark.parametrize(
     "key, message",
     [("HNSWx", "FAISS cannot make an index of key 'HNSWx' (could not parse index string HNSWx)"),
-     ("IVF1024,Flat", "IVF1024,Flat has 1,024 lists but there are 300 rows to train them: use at most IVF4,Flat")],
+     ("IVF1024,Flat", "IVF1024,Flat has 1,024 lists but there are 300 rows to train them: use at most IVF4,Flat"),
+     ("HNSW1", "HNSW1 has 1 links per node; a graph needs at least 2"),  # FAISS itself would abort the process
+     ("NSG32,Flat", "FAISS cannot build NSG32,Flat over 300 rows: NSG does not support incremental addition")],
 )
 def test_index_keys_faiss_refuses_are_one_line(tmp_path, capsys, key, message):
     folder = write_folder(tmp_path / "emb", clustered(300, DIM), shard_rows=300)
