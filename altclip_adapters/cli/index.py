@@ -79,7 +79,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "Run again after altclip embed updated DIR: the rows of new shards are added and those of changed or\n"
         "removed shards removed without retraining; it is rebuilt when the rows grew past 2x (or fell below half)\n"
         "of those it was built on, the rules choose another index, or the index kind cannot remove rows (HNSW).\n"
-        "altclip search DIR uses the indexes (exact search over the stored embeddings when none is built)."
+        "altclip search DIR and altclip serve DIR use the indexes: rows an index does not hold (yet) are searched\n"
+        "exactly and merged, and an index that is foreign or unreadable is not used (one warning each)."
     )
     index.add_argument("folder", metavar="DIR", help="an embedding folder (img_emb/, text_emb/, metadata/, altclip.json)")
     index.add_argument("--max-index-memory-usage", type=memory_size, default="4G", metavar="SIZE",
