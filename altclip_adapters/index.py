@@ -508,17 +508,16 @@ def _drift(info: dict[str, Any], count: int, rule_key: str | None, index_key: st
 
 
 def _update(folder: Path, modality: str, index: faiss.Index, info: dict[str, Any], diff: _Diff,
-            current: list[ShardFiles], start: float) -> dict[str, Any] | None:
-    """Remove the dropped shards' ids and add the missing shards' rows without retraining; None when the
-    index kind cannot remove ids (HNSW): the caller rebuilds."""
+            current: list[ShardFiles], start: float) -> dict[str, Any] | str:
+    """Remove the dropped shards' ids and add the missing shards' rows without retraining: the new json, or
+    why FAISS could not (HNSW cannot remove ids): the caller rebuilds."""
     removed = sum(int(info["shards"][str(s)]["rows"]) for s in diff.dropped)
-    if diff.dropped:
-        ids = np.concatenate([row_ids(s, int(info["shards"][str(s)]["rows"])) for s in diff.dropped])
-        try:
-            index.remove_ids(ids)
-        except RuntimeError:
-            return None
-    _add(index, [(p.array, p.ids) for p in _parts(diff.missing)])
+    try:
+        if diff.dropped:
+            index.remove_ids(np.concatenate([row_ids(s, int(info["shards"][str(s)]["rows"])) for s in diff.dropped]))
+        _add(index, [(p.array, p.ids) for p in _parts(diff.missing)])
+    except RuntimeError as e:  # remove_ids not implemented (HNSW, refine wrappers), or an add FAISS refuses (NSG)
+        return f"{info['index_key']} cannot be updated in place: {_faiss_message(e)}"
     added = sum(s.rows for s in diff.missing)
     action = (f"updated without retraining: +{added:,} rows from {len(diff.missing)} new or changed shard(s), "
               f"-{removed:,} rows of {len(diff.dropped)} changed or removed shard(s)")
@@ -552,9 +551,9 @@ def _build_one(folder: Path, modality: str, *, max_index_memory_usage: str, curr
                 return {**info, "action": "up to date: nothing to do"}
             if why is None:
                 updated = _update(folder, modality, index, info, diff, current, start)
-                if updated is not None:
+                if isinstance(updated, dict):
                     return updated
-                why = f"{info['index_key']} cannot remove the rows of changed or removed shards"
+                why = updated
     key = index_key or rule_key
     tuning = {"metric": metric, "current_memory_available": current_memory_available, "target_recall": target_recall,
               "k": k, "tune_queries": tune_queries, "seed": seed}

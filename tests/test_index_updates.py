@@ -197,7 +197,7 @@ def test_hnsw_adds_without_retraining_and_rebuilds_to_remove(tmp_path):
     assert build_index(folder)["image"]["action"].startswith("updated without retraining: +100 rows from 1 new")
     EmbeddingWriter(folder, model="m", dtype="float32").write_shard(0, image_embeddings=clustered(500, DIM, seed=10), metadata=meta(0, 500, "c"))
     info = build_index(folder)["image"]
-    assert info["action"] == "built from scratch (HNSW15 cannot remove the rows of changed or removed shards)"
+    assert info["action"] == "built from scratch (HNSW15 cannot be updated in place: remove_ids not implemented for this type of index)"
     assert info["count"] == 1600 and faiss.read_index(str(folder / "image.index")).ntotal == 1600
 
 
