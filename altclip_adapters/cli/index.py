@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import CLIError, command_parser
+from ._common import CLIError, command_parser, warn
 
 
 def memory_size(text: str) -> str:
@@ -29,6 +29,11 @@ def recall(text: str) -> float:
 
 def run(args: argparse.Namespace) -> None:
     folder = Path(args.folder)
+    if folder.is_file():
+        raise CLIError(
+            f"{folder} is a single-file output of altclip embed (--out x.npy / x.parquet): search it as it is "
+            f"(altclip search {folder} QUERY, exact), or embed into a folder (altclip embed INPUTS --out DIR) to index it"
+        )
     if not folder.is_dir():
         raise FileNotFoundError(f"no such embedding folder: {folder}")
     try:
@@ -41,15 +46,19 @@ def run(args: argparse.Namespace) -> None:
             current_memory_available=args.current_memory_available,
             index_key=args.index_key,
             target_recall=args.target_recall,
+            rebuild=args.rebuild,
         )
     except ImportError as e:
         raise CLIError(f"altclip index needs faiss ({e.name} is missing): pip install 'altclip-adapters[index]'") from None
     for modality, info in infos.items():
         param = f" ({info['index_param']})" if info["index_param"] else ""
         tuned = info["recall_at_k"]
-        measured = f", recall@{tuned['k']} {tuned['recall']:.3f} on {tuned['queries']} held-out rows" if tuned["queries"] else ""
-        print(f"{modality}: {info['index_key']}{param} over {info['count']:,} {info['dim']}-d vectors{measured}, "
-              f"{info['size_bytes'] / 2**20:,.1f} MiB, built in {info['build_seconds']:.1f} s -> {folder / info['index_path']}")
+        measured = (f", recall@{tuned['k']} {tuned['recall']:.3f} on {tuned['queries']} held-out rows"
+                    if tuned["recall"] is not None else "")
+        print(f"{modality}: {info['action']}: {info['index_key']}{param} over {info['count']:,} {info['dim']}-d vectors"
+              f"{measured}, {info['size_bytes'] / 2**20:,.1f} MiB, {info['build_seconds']:.1f} s -> {folder / info['index_path']}")
+        if info.get("note") and info["action"].startswith("built"):
+            warn(f"{modality}: {info['note']}")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -61,11 +70,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ],
     )
     index.epilog += (
-        "\n\nWrites DIR/image.index and DIR/text.index (+ image.json, text.json: the choice, its tuning and\n"
-        "measured recall), where clip-retrieval's back end also finds them. The index follows autofaiss's rules:\n"
+        "\n\nWrites DIR/image.index and DIR/text.index (+ image.json, text.json: the choice, its tuning, measured\n"
+        "recall and the shards it holds). FAISS ids are shard << 32 | row in shard, so updates never renumber\n"
+        "(clip-retrieval's back end, which reads ids as row numbers, cannot serve them). The rules are autofaiss's:\n"
         "exact below 1,000 vectors, HNSW while its graph fits the memory budget, then IVF, then OPQ/IVF/PQ;\n"
-        "efSearch or nprobe is the smallest reaching the target recall@10 on held-out rows.\n"
-        "altclip search DIR uses the indexes (exact search over the stored embeddings when none is built)."
+        "efSearch or nprobe is the smallest reaching the target recall@10 on held-out rows (ties counted); when an\n"
+        "HNSW graph cannot reach it (identical vectors), an IVF index is tried and the better kept, with one line.\n"
+        "Run again after altclip embed updated DIR: the rows of new shards are added and those of changed or\n"
+        "removed shards removed without retraining; it is rebuilt when the rows grew past 2x (or fell below half)\n"
+        "of those it was built on, the rules choose another index, or the index kind cannot remove rows (HNSW).\n"
+        "altclip search DIR and altclip serve DIR use the indexes: rows an index does not hold (yet) are searched\n"
+        "exactly and merged, and an index that is foreign or unreadable is not used (one warning each)."
     )
     index.add_argument("folder", metavar="DIR", help="an embedding folder (img_emb/, text_emb/, metadata/, altclip.json)")
     index.add_argument("--max-index-memory-usage", type=memory_size, default="4G", metavar="SIZE",
@@ -79,4 +94,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                             "(default: chosen by size and --max-index-memory-usage)")
     index.add_argument("--target-recall", type=recall, default=0.95, metavar="R",
                        help="recall@10 the search parameter is tuned to reach")
+    index.add_argument("--rebuild", action="store_true", help="build from scratch even when the index could be updated")
     index.set_defaults(func=run)

@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._common import CLIError, check_model, command_parser, load_embedder, model_options, positive_int
-from .embed import read_index
+from ._common import CLIError, check_model, command_parser, load_embedder, model_options, positive_int, warn
 
 SHOWN_COLUMNS = ("image_path", "url", "key")  # the first present names the hit; a caption follows
 
@@ -37,24 +36,27 @@ def describe(metadata: dict[str, Any]) -> str:
 
 
 def search_file(args: argparse.Namespace, path: Path) -> None:
-    import numpy as np
+    from ..index import exact_search
+    from .embed import read_index  # the one reader of single-file outputs (moving to store.py: the lead switches it)
 
     if args.modality:
         raise CLIError("--modality applies to an embedding folder; a .npy or .parquet index holds one modality")
     ids, embeddings, meta = read_index(path)
-    query = embed_query(args, args.model or meta["model"], embeddings.shape[1], meta["model"])[0]
-    scores = embeddings @ query
-    for rank, i in enumerate(np.argsort(-scores)[: args.k], 1):
-        print(f"{rank:>3}  {scores[i]:.4f}  {ids[i]}")
+    query = embed_query(args, args.model or meta["model"], embeddings.shape[1], meta["model"])
+    scores, rows = exact_search([embeddings], query, min(args.k, len(ids)), unit=True)
+    for rank, (score, row) in enumerate(zip(scores[0].tolist(), rows[0].tolist()), 1):
+        print(f"{rank:>3}  {score:.4f}  {ids[row]}")
 
 
 def search_folder(args: argparse.Namespace, folder: Path) -> None:
     from ..index import open_index
 
-    index = open_index(folder, model=args.model)
+    index = open_index(folder, model=args.model, on_warning=warn)
     modality = args.modality or ("image" if "image" in index.modalities else "text")
     if modality not in index.modalities:
         raise CLIError(f"{folder} holds no {modality} embeddings (it holds {' and '.join(index.modalities)})")
+    if not index.count(modality):
+        raise CLIError(f"{folder} holds no {modality} rows (every shard altclip embed wrote there was empty): nothing to search")
     query = embed_query(args, index.model, index.dim, index.model)
     for hit in index.search(query, args.k, modality=modality)[0]:
         print(f"{hit.rank:>3}  {hit.score:.4f}  {describe(hit.metadata)}")
@@ -62,9 +64,9 @@ def search_folder(args: argparse.Namespace, folder: Path) -> None:
 
 def run(args: argparse.Namespace) -> None:
     if (args.query is None) == (args.image is None):
-        raise CLIError("give a text query or --image FILE (one of them)")
+        args.usage_error("give a text query or --image FILE (one of them)")  # exits 2, as argparse's own errors
     if args.query is not None and not args.query.strip():
-        raise CLIError("the query is empty")
+        args.usage_error("the query is empty")
     if args.image is not None and not Path(args.image).is_file():
         raise FileNotFoundError(f"no such image file: {args.image}")
     path = Path(args.index)
@@ -96,4 +98,4 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     search.add_argument("--modality", choices=("image", "text"),
                         help="search a folder's image or text embeddings (default: image when the folder has them)")
     model_options(search, default=None, bulk=False)
-    search.set_defaults(func=run)
+    search.set_defaults(func=run, usage_error=search.error)
