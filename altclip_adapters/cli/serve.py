@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
 
 from ._common import (
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> None:
         max_input_chars=args.max_input_chars,
         max_image_pixels=args.max_image_pixels,
         pixel_budget=args.pixel_budget,
+        pixel_wait=args.pixel_wait,
         api_keys=keys,
         allowed_hosts=allowed_hosts(args.host, args.allowed_hosts, loopback),
         cors_origins=args.cors_origin,
@@ -82,7 +84,14 @@ def run(args: argparse.Namespace) -> None:
     if args.allow_url_fetch:
         warn("--allow-url-fetch: the server fetches any http(s) image URL a client sends")
     connections = Connections(header_timeout=args.header_timeout, limit_concurrency=args.limit_concurrency or None)
+    # uvicorn stops gracefully on SIGTERM/SIGINT (stop accepting, finish the requests in flight, stop the batch
+    # handler), then raises the signal again under the handler it found: this one makes that a clean exit 0
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.Server(uvicorn_config(app, host=args.host, port=args.port, connections=connections)).run()
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -134,8 +143,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="larger images (width x height) get 400, before decoding; 'none': no limit "
                              f"(default: {SERVE_MAX_IMAGE_PIXELS:,}, for a public endpoint; the other commands use PIL's 178,956,970)")
     limits.add_argument("--pixel-budget", type=positive_int, default=SERVE_PIXEL_BUDGET, metavar="N",
-                        help="decoded image pixels in flight across all requests; more wait (503 after 30 s) "
+                        help="decoded image pixels in flight across all requests; more wait (see --pixel-wait) "
                              f"(default: {SERVE_PIXEL_BUDGET:,}, about {SERVE_PIXEL_BUDGET * 3 // 10**6} MB of RGB)")
+    limits.add_argument("--pixel-wait", type=positive_seconds, default=30.0, metavar="S",
+                        help="how long an image waits for room in the pixel budget before its request gets 503 (default: 30)")
     p.add_argument("--max-batch-size", type=positive_int, default=64,
                    help="most items gathered from concurrent requests into one forward pass")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for others to share its forward pass")

@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from .app import create_app
 from .batching import BatchHandler
@@ -79,11 +79,13 @@ def build_app(
     return create_app(handler, settings, served=served, image_base=image_base, thumbnails=thumbnails)
 
 
-def uvicorn_config(app: FastAPI, *, host: str, port: int, connections: Connections = Connections(),
+def uvicorn_config(app: FastAPI, *, host: str, port: int, connections: Connections | None = None,
                    log_level: str = "info", **kwargs: Any):
-    """The ``uvicorn.Config`` every server of the package runs with (h11 with a header timeout)."""
+    """The ``uvicorn.Config`` every server of the package runs with (h11 with a header timeout; ``connections``:
+    default :class:`Connections`)."""
     import uvicorn
 
+    connections = connections or Connections()
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
                           http=header_timeout_protocol(connections.header_timeout), timeout_keep_alive=connections.keep_alive,
                           limit_concurrency=connections.limit_concurrency,
@@ -96,7 +98,7 @@ class ServerThread:
     Entering returns once the server accepts connections (or raises RuntimeError after ``timeout`` s)."""
 
     def __init__(self, app: FastAPI, *, host: str = "127.0.0.1", port: int = 0, timeout: float = 60.0,
-                 log_level: str = "warning", connections: Connections = Connections()):
+                 log_level: str = "warning", connections: Connections | None = None):
         import uvicorn
 
         self.host, self.port, self.timeout = host, port, timeout
@@ -104,7 +106,7 @@ class ServerThread:
         self.url = ""
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> ServerThread:
+    def __enter__(self) -> Self:
         sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))

@@ -57,7 +57,7 @@ async def _answer(request: Request, served: ServedFolder, query: np.ndarray, k: 
         raise APIError(503, served.problem, code="index_unreadable", type="server_error")
     try:
         hits = await run_in_threadpool(served.index.search, query, k, modality=served.modality)
-    except Exception as e:  # noqa: BLE001 - a file that broke after start: one line, not a 500
+    except Exception as e:  # a file that broke after start: one line, not a 500
         raise APIError(503, f"the index of {served.folder} cannot be searched ({type(e).__name__}: {e}): rebuild it "
                             f"with altclip index {served.folder}", code="index_unreadable", type="server_error") from e
     return JSONResponse({**about, "k": k, "modality": served.modality,
