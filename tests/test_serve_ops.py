@@ -244,3 +244,19 @@ def test_the_default_pixel_limit_refuses_a_bomb(tiny_dir, server):
     response = httpx.post(server.url + "/v1/embeddings", json={"model": MODEL, "input": uri, "modality": "image"},
                           headers=bearer(KEYS[0]))
     assert response.status_code == 400 and "over the limit of 40,000,000" in response.json()["error"]["message"]
+
+
+def test_the_command_reports_bad_keys_in_one_line(tiny_dir, tmp_path, capsys):
+    from altclip_adapters.cli import main
+
+    assert main(["serve", "--model", str(tiny_dir), "--api-key-file", str(tmp_path / "missing")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("altclip: error: --api-key-file") and "missing" in err and "\n" not in err
+    assert main(["serve", "--model", str(tiny_dir), "--api-key", "two words"]) == 1
+    assert "API key 1 is empty or holds spaces" in capsys.readouterr().err
+
+
+def test_the_command_warns_loudly_off_loopback():
+    from altclip_adapters.cli.serve import exposed_warning
+
+    assert exposed_warning("0.0.0.0").startswith("WARNING: listening on 0.0.0.0") and "WITHOUT authentication" in exposed_warning("::")

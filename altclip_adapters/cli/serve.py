@@ -79,8 +79,7 @@ def run(args: argparse.Namespace) -> None:
     app = build_app(embedder, settings, folder=folder, image_base=args.image_base, thumbnail_cache=args.thumbnail_cache,
                     max_batch_size=args.max_batch_size, max_wait=args.max_wait_ms / 1000)
     if not loopback and not keys:
-        warn(f"WARNING: listening on {args.host}, reachable from the network, WITHOUT authentication: anyone who can "
-             "reach this port can use the model and read the collection; set --api-key-file or ALTCLIP_API_KEY")
+        warn(exposed_warning(args.host))
     if args.allow_url_fetch:
         warn("--allow-url-fetch: the server fetches any http(s) image URL a client sends")
     connections = Connections(header_timeout=args.header_timeout, limit_concurrency=args.limit_concurrency or None)
@@ -88,6 +87,12 @@ def run(args: argparse.Namespace) -> None:
     # handler), then raises the signal again under the handler it found: this one makes that a clean exit 0
     signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.Server(uvicorn_config(app, host=args.host, port=args.port, connections=connections)).run()
+
+
+def exposed_warning(host: str) -> str:
+    """What the command prints when it listens beyond loopback without an API key."""
+    return (f"WARNING: listening on {host}, reachable from the network, WITHOUT authentication: anyone who can "
+            "reach this port can use the model and read the collection; set --api-key-file or ALTCLIP_API_KEY")
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:
