@@ -195,9 +195,10 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tiny_dir):
 
 def vm(pid: int, field: str) -> int:
     """A /proc/PID/status memory figure in bytes (VmRSS, VmHWM)."""
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
     raise KeyError(field)
 
 
