@@ -181,6 +181,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tiny_dir):
             url + "/v1/embeddings", json={"model": tiny_dir.name, "input": texts}, headers=bearer("sk-env-key"), timeout=120)))
         sender.start()
         time.sleep(1.0)
+        assert sender.is_alive()  # the request is in flight when the signal comes
         process.send_signal(signal.SIGTERM)
         sender.join(120)
         assert process.wait(60) == 0
