@@ -13,7 +13,9 @@ the ratio of the 32-client throughput to the one-at-a-time throughput (target: >
 the same concurrency. Both servers run side by side and the three phases alternate for ``--rounds`` rounds
 (each line keeps its best), so that other work on the machine hurts every line alike. Every phase stops
 after ``--requests`` requests or ``--seconds`` seconds, whichever comes first, after a short warm-up; the
-server start is bounded by ``--start-timeout``.
+server start is bounded by ``--start-timeout``. Servers run as deployed: an API key required (sent as
+``Authorization: Bearer``; ``--no-auth`` to measure without) and Prometheus metrics on (``--no-metrics``); the
+batched server's mean batch size is read from its ``/metrics`` at the end.
 
 Checkpoints are random (``altclip_adapters.tiny.make_checkpoint``), written once under ``--workdir``
 (``full``: the one ``benchmarks/bench.py`` writes, XLM-R large + ViT-L/14).
@@ -73,16 +75,19 @@ class Server:
                         "--host", "127.0.0.1", "--port", str(self.port), "--max-batch-size", str(max_batch_size),
                         "--max-wait-ms", str(args.max_wait_ms)]
         self.command += ["--device", args.device] + (["--dtype", args.dtype] if args.dtype else [])
+        self.command += ["--no-metrics"] if args.no_metrics else []
+        self.key = None if args.no_auth else "sk-bench-" + os.urandom(8).hex()
+        self.headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
         self.timeout = args.start_timeout
         self.log = tempfile.TemporaryFile()
 
     def __enter__(self) -> Server:
-        self.process = subprocess.Popen(self.command, stdout=self.log, stderr=subprocess.STDOUT,
-                                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", **({"ALTCLIP_API_KEY": self.key} if self.key else {})}
+        self.process = subprocess.Popen(self.command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + self.timeout
         while True:
             try:
-                self.model = httpx.get(self.url + "/v1/models", timeout=5).json()["data"][0]["id"]
+                self.model = httpx.get(self.url + "/v1/models", headers=self.headers, timeout=5).json()["data"][0]["id"]
                 return self
             except httpx.TransportError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
@@ -99,14 +104,27 @@ class Server:
             self.process.kill()
 
 
-async def load(url: str, bodies: list[dict], clients: int, requests: int, seconds: float) -> tuple[list[float], float]:
+    def mean_batch(self) -> str:
+        """The mean items per forward pass so far, from the server's /metrics."""
+        text = httpx.get(self.url + "/metrics", headers=self.headers, timeout=10).text
+        values = {}
+        for line in text.splitlines():
+            if line.startswith(("altclip_batch_items_sum", "altclip_batch_items_count")):
+                name, value = line.split(" ")
+                values[name.split("{")[0]] = values.get(name.split("{")[0], 0.0) + float(value)
+        count = values.get("altclip_batch_items_count", 0)
+        return f"{values['altclip_batch_items_sum'] / count:.1f} items per forward pass over {count:.0f}" if count else "no batches"
+
+
+async def load(url: str, bodies: list[dict], clients: int, requests: int, seconds: float,
+               headers: dict | None = None) -> tuple[list[float], float]:
     """Latencies (s) of the requests ``clients`` concurrent clients completed, and the wall time, stopping
     after ``requests`` requests or ``seconds`` seconds (requests in flight then finish)."""
     latencies: list[float] = []
     started = 0
     deadline = time.perf_counter() + seconds
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits, headers=headers) as http:
 
         async def client() -> None:
             nonlocal started
@@ -127,8 +145,8 @@ async def load(url: str, bodies: list[dict], clients: int, requests: int, second
 def phase(server: Server, bodies: list[dict], clients: int, args: argparse.Namespace) -> tuple[float, float, float, int, float]:
     """(requests/s, p50 ms, p99 ms, requests, seconds) of one timed phase, after a short warm-up."""
     bodies = [{**body, "model": server.model} for body in bodies]
-    asyncio.run(load(server.url, bodies, clients, min(2 * clients, 64), 60))  # warm-up: first batches, connections
-    latencies, wall = asyncio.run(load(server.url, bodies, clients, args.requests, args.seconds))
+    asyncio.run(load(server.url, bodies, clients, min(2 * clients, 64), 60, server.headers))  # warm-up: first batches
+    latencies, wall = asyncio.run(load(server.url, bodies, clients, args.requests, args.seconds, server.headers))
     p50, p99 = (float(np.percentile(latencies, q)) * 1000 for q in (50, 99))
     return len(latencies) / wall, p50, p99, len(latencies), wall
 
@@ -149,6 +167,8 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=64, help="the batched server's --max-batch-size")
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--start-timeout", type=float, default=300)
+    parser.add_argument("--no-auth", action="store_true", help="servers without an API key (default: one required)")
+    parser.add_argument("--no-metrics", action="store_true", help="servers without /metrics (default: on)")
     args = parser.parse_args()
     if args.checkpoint is None:
         args.checkpoint = Path(args.workdir) / args.shape
@@ -165,6 +185,7 @@ def main() -> None:
     began = time.perf_counter()
     print(f"altclip serve load: {args.checkpoint}, {args.device}, {args.modality} requests of one input each; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
+    print(f"servers: API key {'off' if args.no_auth else 'on (Bearer)'}, metrics {'off' if args.no_metrics else 'on'}")
     print(f"phases stop at {args.requests} requests or {args.seconds:.0f} s; {args.rounds} alternating rounds, "
           "each line the best; clients in this process (asyncio + httpx)")
     batched = f"batched (max {args.max_batch_size}, {args.max_wait_ms:g} ms)"
@@ -176,12 +197,15 @@ def main() -> None:
                 result = phase(on if label == batched else off, bodies, clients, args)
                 if (label, clients) not in best or result[0] > best[label, clients][0]:
                     best[label, clients] = result
+        batches = None if args.no_metrics else on.mean_batch()
     print(f"{'server':<34} {'clients':>7} {'requests':>8} {'seconds':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
     for (label, clients), (rate, p50, p99, count, wall) in best.items():
         print(f"{label:<34} {clients:>7} {count:>8} {wall:>7.1f} {rate:>8.2f} {p50:>8.0f} {p99:>8.0f}")
     one, many, unbatched = (best[key][0] for key in best)
     print(f"{args.clients} clients / 1 client (one at a time): {many / one:.2f}x throughput (target >= 3x)")
     print(f"{args.clients} clients, batching on / off: {many / unbatched:.2f}x throughput")
+    if batches:
+        print(f"batched server, all phases: {batches} (its /metrics)")
     print(f"total {time.perf_counter() - began:.0f} s")
 
 if __name__ == "__main__":

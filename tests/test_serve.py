@@ -137,7 +137,11 @@ def test_a_single_string_and_a_long_text(client, core):
 def test_openai_client_images_equal_the_core(client, core, pictures):
     uris = [data_uri(p) for p in pictures[:3]] + [data_uri(pictures[3], "JPEG")]
     response = client.embeddings.create(model=MODEL, input=uris, extra_body={"modality": "image"})
-    jpeg = Image.open(io.BytesIO(base64.b64decode(uris[3].split(",")[1])))
+    from altclip_adapters.images import load_image
+
+    size = core.processor.image_transform.shortest_edge  # JPEGs decode at the reduced DCT scale the resize needs
+    jpeg = load_image(base64.b64decode(uris[3].split(",")[1]), draft=size)
+    assert min(jpeg.size) < min(pictures[3].size) and min(jpeg.size) >= size  # (the tiny model's edge is small)
     np.testing.assert_allclose(np.array([d.embedding for d in response.data]),
                                core_images(core, pictures[:3] + [jpeg]), atol=1e-5)
     assert response.usage.prompt_tokens == 0
@@ -160,7 +164,7 @@ def test_concurrent_requests_equal_sequential_ones_and_share_forward_passes(serv
     requests += [{"model": MODEL, "input": [data_uri(pictures[i % 4])], "modality": "image"} for i in range(8)]
     with httpx.Client(timeout=60) as http:
         sequential = [http.post(server.url + "/v1/embeddings", json=body).json() for body in requests]
-    handler = server.app.state.batch_handler
+    handler = server.app.state.handler
     batches, items = handler.batches, handler.items
     barrier, concurrent = threading.Barrier(len(requests)), [None] * len(requests)
 
@@ -182,23 +186,25 @@ def test_concurrent_requests_equal_sequential_ones_and_share_forward_passes(serv
 
 
 def test_batch_handler_bounds_batches_and_keeps_modalities_apart(tiny_dir, pictures):
+    from altclip_adapters.serve.prepare import tokenize
+
     embedder = Embedder.from_pretrained(tiny_dir, num_workers=0)
     handler = BatchHandler(embedder, max_batch_size=4, max_wait=0.05)
     handler.start()
     sizes = []
-    forward = handler._forward
-    handler._forward = lambda modality, items: sizes.append((modality, len(items))) or forward(modality, items)
+    handler.on_batch = lambda modality, items: sizes.append((modality, items))
+    ids = tokenize(embedder.processor, TEXTS * 2)
+    crops = [embedder.processor.image_transform.uint8(p) for p in pictures]
 
     async def main():
-        return await asyncio.gather(*[handler.embed_texts([t]) for t in TEXTS * 2],
-                                    *[handler.embed_images([p]) for p in pictures])
+        return await asyncio.gather(*[handler.embed_tokens([i]) for i in ids], *[handler.embed_pixels([c]) for c in crops])
 
     try:
         results = asyncio.run(main())
     finally:
         handler.stop()
     texts, images = results[: 2 * len(TEXTS)], results[2 * len(TEXTS):]
-    np.testing.assert_allclose(np.concatenate([v for v, _ in texts]), embedder.texts(TEXTS * 2).numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.concatenate(texts), embedder.texts(TEXTS * 2).numpy(), atol=1e-5)
     np.testing.assert_allclose(np.concatenate(images), embedder.images(pictures).numpy(), atol=1e-5)
     assert all(size <= 4 for _, size in sizes) and {m for m, _ in sizes} == {"text", "image"}
     assert sum(size for _, size in sizes) == 2 * len(TEXTS) + len(pictures)
@@ -207,21 +213,24 @@ def test_batch_handler_bounds_batches_and_keeps_modalities_apart(tiny_dir, pictu
 
 
 def test_batch_handler_limits_and_failures(tiny_dir):
-    from altclip_adapters.serve.batching import Overloaded
+    import torch
 
-    handler = BatchHandler(Embedder.from_pretrained(tiny_dir, num_workers=0), max_pending=2)
+    from altclip_adapters.serve.errors import Overloaded
+
+    embedder = Embedder.from_pretrained(tiny_dir, num_workers=0)
+    handler = BatchHandler(embedder, max_pending=2)
     with pytest.raises(RuntimeError, match="call start"):
-        asyncio.run(handler.embed_texts(["a"]))
+        asyncio.run(handler.embed_tokens([[0, 5, 2]]))
     handler.start()
     try:
         with pytest.raises(Overloaded, match="at most 2"):
-            asyncio.run(handler.embed_texts(["a", "b", "c"]))
-        forward = handler._forward
-        handler._forward = lambda modality, items: 1 / 0  # a forward pass that fails fails its requests only
-        with pytest.raises(ZeroDivisionError):
-            asyncio.run(handler.embed_texts(["a"]))
-        handler._forward = forward
-        assert asyncio.run(handler.embed_texts(["a", "b"]))[0].shape == (2, 16)
+            asyncio.run(handler.embed_tokens([[0, 5, 2]] * 3))
+        embedder.device = torch.device("meta")  # a forward pass that really fails fails its requests only
+        with pytest.raises(Exception, match="meta"):
+            asyncio.run(handler.embed_tokens([[0, 5, 2]]))
+        assert "meta" in handler.last_failure[1]
+        embedder.device = torch.device("cpu")
+        assert asyncio.run(handler.embed_tokens([[0, 5, 2], [0, 6, 2]])).shape == (2, 16)
     finally:
         handler.stop()
 
@@ -423,7 +432,7 @@ def test_altclip_serve_command(tiny_dir, collection, tmp_path):
             except httpx.TransportError:
                 assert process.poll() is None and time.monotonic() < deadline, process.stdout.read() if process.poll() is not None else "timeout"
                 time.sleep(0.2)
-        assert models["data"][0]["id"] == str(tiny_dir)  # the folder's model, as altclip.json records it
+        assert models["data"][0]["id"] == tiny_dir.name  # the folder's model by its folder name, never a path
         results = httpx.get(url + "/search", params={"q": "猫", "k": 2}).json()["results"]
         assert len(results) == 2
     finally:
@@ -444,9 +453,9 @@ def test_is_loopback():
 
 
 def test_metadata_becomes_json():
-    from altclip_adapters.serve.app import _jsonable_metadata
+    from altclip_adapters.serve.routes.search import jsonable_metadata
 
-    assert _jsonable_metadata({"width": float("nan"), "jpg": b"\xff\xd8", "caption": "猫", "height": 3}) == {
+    assert jsonable_metadata({"width": float("nan"), "jpg": b"\xff\xd8", "caption": "猫", "height": 3}) == {
         "width": None, "caption": "猫", "height": 3}
 
 

@@ -107,3 +107,33 @@ def test_search_page(server, browser, scene_collection, tmp_path):
     page.close()
     if os.environ.get("ALTCLIP_REFRESH_SCREENSHOT") == "1":  # README's picture: docs/serve-page.png
         shutil.copy(tmp_path / "serve-page-text.png", Path(__file__).parents[1] / "docs" / "serve-page.png")
+
+
+def test_search_page_with_an_api_key(tiny_dir, scene_collection, browser, tmp_path):
+    """With API keys on, the page asks for one once, keeps it for the tab, and every request (thumbnails too)
+    carries it; a wrong key asks again."""
+    folder, root = scene_collection
+    app = build_app(Embedder.from_pretrained(tiny_dir, num_workers=0), ServeSettings(model_id="altclip-tiny", api_keys=["sk-page"]),
+                    folder=folder, image_base=root, thumbnail_cache=tmp_path / "thumbnails")
+    with ServerThread(app) as running:
+        page = browser.new_page(viewport={"width": 1100, "height": 720})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(running.url + "/")
+        page.wait_for_selector("#key-form:not([hidden])")
+        page.fill("#api-key", "sk-wrong")
+        page.press("#api-key", "Enter")
+        page.wait_for_selector("#key-form:not([hidden])")  # refused: asked again
+        page.fill("#api-key", "sk-page")
+        page.press("#api-key", "Enter")
+        page.wait_for_selector("#about:has-text('altclip-tiny')")
+        assert page.is_hidden("#key-form")
+        page.fill("#k", str(K))
+        page.fill("#query", "a red cat")
+        page.press("#query", "Enter")
+        cards = shown(page)
+        assert len(cards) == K and all(c["src"].startswith("blob:") for c in cards)  # fetched with the key
+        page.reload()  # the key is kept for the tab
+        page.wait_for_selector("#about:has-text('altclip-tiny')")
+        assert page.is_hidden("#key-form") and errors == []
+        page.close()

@@ -1,11 +1,12 @@
 """Dynamic batching: concurrent requests share one forward pass of the model.
 
 The shape follows infinity-emb's ``BatchHandler`` (``infinity_emb/inference/batch_handler.py``): the HTTP
-layer hands over a request's items and awaits a future; one worker thread owns the model, takes what is
-queued, runs it through :class:`~altclip_adapters.pipeline.Embedder` (its fast path: texts tokenised in
-one call and padded per length-sorted batch, images normalised on the device) and resolves the futures.
-Resizing and cropping images needs no model and can be slow for large photos: it runs in the caller's
-thread pool, in parallel and before queueing.
+layer validates a request and prepares its items (texts tokenised, images decoded, resized and cropped:
+:mod:`.prepare`, in the request's thread pool, so a bad input fails its own request only), hands them over and
+awaits a future; one worker thread owns the model, takes what is queued, runs it through
+:class:`~altclip_adapters.pipeline.Embedder` (token ids padded per length-sorted batch, pixels normalised on
+the device) and resolves the futures. When a shared forward pass raises, each of its requests is run again
+alone, so that only the request that makes the model fail gets the error.
 
 The worker gathers requests of one modality until ``max_batch_size`` items are waiting or ``max_wait``
 seconds have passed since the first of them arrived (bounded batch, bounded wait). Requests that arrive
@@ -19,16 +20,16 @@ import collections
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from PIL import Image
+from .errors import Overloaded
 
+if TYPE_CHECKING:
     from ..pipeline import Embedder
 
 
@@ -36,13 +37,9 @@ class _Stopped(Exception):
     """stop() was called: the worker finishes the batch it holds and exits."""
 
 
-class Overloaded(RuntimeError):
-    """More items are waiting than the handler accepts (``max_pending``): the client should retry later."""
-
-
 @dataclass
 class _Job:
-    modality: str  # "text": items are strings; "image": uint8 pixels [3, H, W]
+    modality: str  # "text": items are token id lists; "image": uint8 pixels [3, H, W]
     items: list[Any]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
@@ -67,7 +64,7 @@ class BatchHandler:
     for others; ``max_pending``: most items waiting at once (more raise :class:`Overloaded`).
     The embedder should be built with ``num_workers=0``: images reach it decoded, resized and cropped.
 
-    Use as ``handler.start()`` ... ``await handler.embed_texts([...])`` ... ``handler.stop()``.
+    Use as ``handler.start()`` ... ``await handler.embed_tokens([[0, 9, 2]])`` ... ``handler.stop()``.
     Results are float32 numpy arrays [n, D], L2-normalised (the embedder's output), in input order.
     """
 
@@ -83,36 +80,31 @@ class BatchHandler:
         self.dim: int = embedder.model.config.projection_dim
         self.batches = 0  # forward-pass rounds run so far, and the items in them (for logs and tests)
         self.items = 0
+        self.last_success: float | None = None  # time.monotonic() of the last forward pass that succeeded
+        self.last_failure: tuple[float, str] | None = None  # (when, what) of the last request the model failed
+        self.on_batch: Callable[[str, int], None] | None = None  # called with (modality, items) after each batch
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._deferred: collections.deque[_Job] = collections.deque()  # taken out while gathering the other modality
         self._pending = 0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    # inputs as the model reads them ---------------------------------------------------------------
-    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of each text as the model reads them (the checkpoint's tokenizer, truncated to its
-        context length, ``<s>`` and ``</s>`` included): what ``usage`` counts."""
-        processor = self.embedder.processor
-        return processor.tokenizer(list(texts), truncation=True, max_length=processor.context_length)["input_ids"]
-
-    def prepare_images(self, images: Sequence[Image.Image]) -> list[torch.Tensor]:
-        """Resized and centre-cropped uint8 pixels [3, H, W] of decoded RGB images (the model's arithmetic)."""
-        transform = self.embedder.processor.image_transform
-        return [transform.uint8(image) for image in images]
+    @property
+    def pending(self) -> int:
+        """Items queued or in the forward pass now (the queue depth)."""
+        return self._pending
 
     # requests (awaited on the event loop) ------------------------------------------------------------
-    async def embed_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, int]:
-        """(embeddings float32 [n, D], tokens read: what ``usage`` counts) of ``texts``."""
-        embeddings, tokens = await self._submit("text", list(texts))
-        return embeddings, int(tokens.sum())
+    async def embed_tokens(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """Embeddings float32 [n, D] of texts already tokenised (:func:`.prepare.tokenize`: ids within the
+        vocabulary, at most the context length each)."""
+        return await self._submit("text", [list(i) for i in ids])
 
-    async def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Embeddings float32 [n, D] of decoded RGB images; resizes and crops in a worker thread first."""
-        pixels = await asyncio.to_thread(self.prepare_images, images)
-        return (await self._submit("image", pixels))[0]
+    async def embed_pixels(self, pixels: Sequence[torch.Tensor]) -> np.ndarray:
+        """Embeddings float32 [n, D] of resized and centre-cropped uint8 pixels [3, H, W] (:func:`.prepare.pixels`)."""
+        return await self._submit("image", list(pixels))
 
-    async def _submit(self, modality: str, items: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    async def _submit(self, modality: str, items: list[Any]) -> np.ndarray:
         if self._thread is None or not self._thread.is_alive():
             raise RuntimeError("the batch handler is not running: call start() first")
         with self._lock:
@@ -177,17 +169,37 @@ class BatchHandler:
             size += len(job.items)
         return batch
 
-    def _forward(self, modality: str, items: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-        """(embeddings float32 [n, D], tokens read per item int [n]; 0 for images) of one batch."""
+    def _forward(self, modality: str, items: list[Any]) -> np.ndarray:
+        """Embeddings float32 [n, D] of one batch's items."""
         if modality == "text":
-            ids = self.tokenize(items)
             out = np.empty((len(items), self.dim), np.float32)
-            for positions, features in self.embedder.iter_tokens(ids):
+            for positions, features in self.embedder.iter_tokens(items):
                 out[positions] = features.numpy()
-            return out, np.array([len(i) for i in ids])
+            return out
         step = self.embedder.batch_size
         chunks = [self.embedder.encode_pixels(torch.stack(items[i : i + step])) for i in range(0, len(items), step)]
-        return torch.cat(chunks).numpy(), np.zeros(len(items), int)
+        return torch.cat(chunks).numpy()
+
+    def _run(self, batch: list[_Job]) -> None:
+        """One shared forward pass for ``batch``; when it raises, each job alone (only the faulty one fails)."""
+        items = [item for job in batch for item in job.items]
+        try:
+            embeddings = self._forward(batch[0].modality, items)
+        except Exception as e:  # noqa: BLE001 - the requests get the error, the worker lives on
+            if len(batch) == 1:
+                self.last_failure = (time.monotonic(), f"{type(e).__name__}: {e}")
+                _resolve(batch[0], error=e)
+                return
+            for job in batch:
+                self._run([job])
+            return
+        self.last_success = time.monotonic()
+        start = 0
+        for job in batch:
+            _resolve(job, embeddings[start : start + len(job.items)])
+            start += len(job.items)
+        if self.on_batch is not None:
+            self.on_batch(batch[0].modality, len(items))
 
     def _work(self) -> None:
         while True:
@@ -195,21 +207,11 @@ class BatchHandler:
                 batch = self._gather()
             except _Stopped:
                 break
-            items = [item for job in batch for item in job.items]
-            try:
-                embeddings, tokens = self._forward(batch[0].modality, items)
-            except Exception as e:  # noqa: BLE001 - every waiting request gets the error, the worker lives on
-                for job in batch:
-                    _resolve(job, error=e)
-            else:
-                start = 0
-                for job in batch:
-                    end = start + len(job.items)
-                    _resolve(job, (embeddings[start:end], tokens[start:end]))
-                    start = end
+            items = sum(len(job.items) for job in batch)
+            self._run(batch)
             with self._lock:
-                self._pending -= len(items)
+                self._pending -= items
             self.batches += 1
-            self.items += len(items)
+            self.items += items
         for job in self._deferred:
             _resolve(job, error=RuntimeError("the server is shutting down"))

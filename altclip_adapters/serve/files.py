@@ -1,9 +1,12 @@
 """The image files a server may read for its clients, and their thumbnails (made once, cached on disk).
 
-Only files listed in an embedding folder's metadata (column ``image_path``) are served, addressed by their
-path relative to the collection's root (the deepest folder holding all of them). A requested path that is
-not one of those strings (``..``, absolute paths, percent-encoded or other spellings of a listed path)
-is not found, and neither is a listed path whose real location (symlinks resolved) lies outside the root.
+The servable root is fixed when the server starts (``--image-base``), never derived from metadata: metadata
+comes from datasets downloaded from the internet and is untrusted. Only files listed in an embedding folder's
+metadata (column ``image_path``) that lie inside that root are served, addressed by their path relative to the
+deepest folder holding all of them. A listed path outside the root (``/etc/hostname``, ``../../etc/passwd.jpg``)
+is not servable, and is counted for one line at start. A requested path that is not one of the servable
+strings (``..``, absolute paths, percent-encoded or other spellings) is not found, and neither is a listed path
+whose real location (symlinks resolved) lies outside the served folder.
 """
 
 from __future__ import annotations
@@ -28,17 +31,46 @@ class NotInCollection(LookupError):
     """The path names no servable file of the collection."""
 
 
-class Collection:
-    """The local image files of an indexed collection.
+def metadata_column(folder: str | Path, name: str, modality: str) -> list:
+    """One metadata column of an embedding folder (None for rows of shards without it), read alone: the one
+    place the server reads metadata besides its index (switch to ``EmbeddingIndex.column`` once it exists)."""
+    import pyarrow.parquet as pq
 
-    ``image_paths``: one entry per row of the embedding folder (None, URLs and other non-local
-    entries are skipped); relative paths are read relative to ``base``.
+    from ..store import shards
+
+    values: list = []
+    for shard in shards(folder, modality):
+        if name in pq.read_schema(shard.metadata).names:
+            values += pq.read_table(shard.metadata, columns=[name]).column(name).to_pylist()
+        else:
+            values += [None] * shard.rows
+    return values
+
+
+def _inside(path: str, root: str) -> bool:
+    return os.path.commonpath([path, root]) == root
+
+
+class Collection:
+    """The local image files of an indexed collection that may be served.
+
+    ``image_paths``: one entry per row of the embedding folder (None, URLs and other non-local entries are
+    skipped); relative paths are read relative to ``base``, the servable root: a path that leaves it is never
+    served, nor one whose real path (symlinks resolved, on request) leaves the deepest folder holding them all. ``outside`` counts such rows and ``first_outside`` names the first.
     """
 
     def __init__(self, image_paths: Sequence[str | None], *, base: str | Path = "."):
-        base = os.path.abspath(base)
-        local = {row: os.path.normpath(os.path.join(base, p)) for row, p in enumerate(image_paths)
-                 if isinstance(p, str) and p and not _URL.match(p)}
+        self.base = os.path.realpath(base)
+        local, self.outside, self.first_outside = {}, 0, None
+        for row, p in enumerate(image_paths):
+            if not isinstance(p, str) or not p or _URL.match(p):
+                continue
+            path = os.path.normpath(os.path.join(self.base, p))
+            if "\0" in p or not _inside(path, self.base):  # symlinks are resolved when a file is asked for
+                self.outside += 1
+                self.first_outside = self.first_outside or p
+                continue
+            local[row] = path
         self.root: Path | None = Path(os.path.commonpath([os.path.dirname(p) for p in local.values()])) if local else None
         self._real_root = os.path.realpath(self.root) if self.root else None
         self._links = {row: Path(os.path.relpath(p, self.root)).as_posix() for row, p in local.items()}

@@ -1,5 +1,6 @@
-"""Putting the server together: the application for an embedder and an optional embedding folder, and a
-uvicorn server running it in a background thread (for notebooks, tests and the load benchmark)."""
+"""Putting the server together: the application for an embedder and an optional embedding folder, uvicorn's
+settings (timeouts, connection cap, graceful stop), and a uvicorn server in a background thread (for
+notebooks, tests and the load benchmark)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Self
 
-from .app import ServeSettings, create_app
+from .app import create_app
 from .batching import BatchHandler
-from .files import Collection, ThumbnailCache
+from .files import ThumbnailCache
+from .folder import open_folder
+from .limits import header_timeout_protocol
+from .settings import Connections, ServeSettings
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -36,6 +40,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def served_model_name(model: str) -> str:
+    """The name clients pass as ``model`` for ``model`` (a registry name, hub id or checkpoint folder): the
+    registry name when it is one (``BAAI/AltCLIP`` -> ``AltCLIP``), else the last part of the hub id or folder
+    (never an absolute path of the server's disk)."""
+    from ..registry import find
+
+    card = find(model)
+    if card is not None:
+        return card["name"]
+    return Path(str(model).rstrip("/\\")).name or str(model)
+
+
 def build_app(
     embedder: Embedder,
     settings: ServeSettings,
@@ -47,28 +63,33 @@ def build_app(
     max_wait: float = 0.005,
 ) -> FastAPI:
     """The application serving ``embedder`` (built with ``num_workers=0``) and, when ``folder`` is given,
-    search over that embedding folder, its image files (relative paths in its metadata read relative to
-    ``image_base``) and their thumbnails (cached under ``thumbnail_cache``, default
-    :func:`default_thumbnail_cache`).
+    search over that embedding folder, its image files (paths in its metadata read relative to ``image_base``,
+    the servable root: files outside it are never served) and their thumbnails (cached under
+    ``thumbnail_cache``, default :func:`default_thumbnail_cache`).
 
-    Raises FileNotFoundError for a folder without embeddings and ValueError when the folder's
-    embeddings do not have the embedder's dimension.
+    Raises FileNotFoundError for a folder without embeddings and ValueError when the folder's embeddings do not
+    have the embedder's dimension. A folder whose index cannot be read is served (searches answer 503, ``/ready``
+    says why) after one logged warning.
     """
-    from ..index import open_index
-    from ..store import read_metadata
-
     handler = BatchHandler(embedder, max_batch_size=max_batch_size, max_wait=max_wait)
-    index = collection = thumbnails = None
+    served = thumbnails = None
     if folder is not None:
-        index = open_index(folder)
-        if index.dim != handler.dim:
-            raise ValueError(f"{folder} holds {index.dim}-d embeddings of {index.model} but the served model makes "
-                             f"{handler.dim}-d ones: serve the model that built it")
-        metadata = read_metadata(folder, index.modalities[0])
-        paths = metadata.column("image_path").to_pylist() if "image_path" in metadata.column_names else []
-        collection = Collection(paths, base=image_base)
+        served = open_folder(folder, image_base=image_base, dim=handler.dim)
         thumbnails = ThumbnailCache(thumbnail_cache or default_thumbnail_cache(), max_image_pixels=settings.max_image_pixels)
-    return create_app(handler, settings, index=index, collection=collection, thumbnails=thumbnails)
+    return create_app(handler, settings, served=served, image_base=image_base, thumbnails=thumbnails)
+
+
+def uvicorn_config(app: FastAPI, *, host: str, port: int, connections: Connections | None = None,
+                   log_level: str = "info", **kwargs: Any):
+    """The ``uvicorn.Config`` every server of the package runs with (h11 with a header timeout; ``connections``:
+    default :class:`Connections`)."""
+    import uvicorn
+
+    connections = connections or Connections()
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
+                          http=header_timeout_protocol(connections.header_timeout), timeout_keep_alive=connections.keep_alive,
+                          limit_concurrency=connections.limit_concurrency,
+                          timeout_graceful_shutdown=connections.graceful_timeout, **kwargs)
 
 
 class ServerThread:
@@ -77,15 +98,15 @@ class ServerThread:
     Entering returns once the server accepts connections (or raises RuntimeError after ``timeout`` s)."""
 
     def __init__(self, app: FastAPI, *, host: str = "127.0.0.1", port: int = 0, timeout: float = 60.0,
-                 log_level: str = "warning"):
+                 log_level: str = "warning", connections: Connections | None = None):
         import uvicorn
 
         self.host, self.port, self.timeout = host, port, timeout
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on"))
+        self.server = uvicorn.Server(uvicorn_config(app, host=host, port=port, connections=connections, log_level=log_level))
         self.url = ""
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> ServerThread:
+    def __enter__(self) -> Self:
         sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))

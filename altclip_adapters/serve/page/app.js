@@ -1,10 +1,44 @@
 // The search page: text search (GET /search), image search (POST /search), a grid of results.
 // Text from the server is only ever set as textContent (captions and paths are not HTML).
+// With API keys on, the server answers 401: the page asks for a key once, keeps it in sessionStorage (this tab
+// only) and sends it as "Authorization: Bearer"; images then load through fetch() as blob: URLs.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const form = $("search-form"), query = $("query"), k = $("k"), fileInput = $("image-file");
 const drop = $("drop"), preview = $("query-image"), status = $("status"), grid = $("results");
+const keyForm = $("key-form"), keyInput = $("api-key");
+const KEY = "altclip-api-key";
+
+function api(url, options = {}) {
+  const key = sessionStorage.getItem(KEY);
+  const headers = key ? { ...(options.headers || {}), Authorization: `Bearer ${key}` } : options.headers;
+  return fetch(url, { ...options, headers }).then((response) => {
+    if (response.status === 401) askForKey();
+    return response;
+  });
+}
+
+function askForKey() {
+  keyForm.hidden = false;
+  keyInput.focus();
+}
+
+keyForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  if (!keyInput.value) return;
+  sessionStorage.setItem(KEY, keyInput.value);
+  keyInput.value = "";
+  keyForm.hidden = true;
+  about();
+});
+
+function loadImage(img, url) {  // with a key, through fetch (an <img src> cannot send the header)
+  if (!sessionStorage.getItem(KEY)) { img.src = url; return; }
+  api(url).then((r) => (r.ok ? r.blob() : Promise.reject(r.status)))
+    .then((blob) => { img.src = URL.createObjectURL(blob); })
+    .catch(() => img.replaceWith(placeholder()));
+}
 
 function caption(result) {
   const m = result.metadata || {};
@@ -23,15 +57,22 @@ function card(result) {
   const figure = document.createElement("figure");
   figure.className = "result";
   const link = document.createElement("a");
-  if (result.file) { link.href = result.file; link.target = "_blank"; link.rel = "noopener noreferrer"; }
+  if (result.file) {
+    link.href = result.file; link.target = "_blank"; link.rel = "noopener noreferrer";
+    link.addEventListener("click", (event) => {  // with a key, open the file as a blob: URL
+      if (!sessionStorage.getItem(KEY) || !result.file.startsWith("/")) return;
+      event.preventDefault();
+      api(result.file).then((r) => r.blob()).then((blob) => window.open(URL.createObjectURL(blob), "_blank"));
+    });
+  }
   const text = caption(result);
   if (result.thumbnail) {
     const img = document.createElement("img");
     img.className = "thumb";
-    img.src = result.thumbnail;
     img.alt = text;
     img.loading = "lazy";
     img.addEventListener("error", () => img.replaceWith(placeholder()));
+    if (result.thumbnail.startsWith("/")) loadImage(img, result.thumbnail); else img.src = result.thumbnail;
     link.append(img);
   } else {
     link.append(placeholder());
@@ -78,7 +119,7 @@ form.addEventListener("submit", (event) => {
   const q = query.value.trim();
   if (!q) return;
   preview.hidden = true;
-  run(fetch(`/search?q=${encodeURIComponent(q)}&k=${encodeURIComponent(k.value)}`), `“${q}”`);
+  run(api(`/search?q=${encodeURIComponent(q)}&k=${encodeURIComponent(k.value)}`), `“${q}”`);
 });
 
 function searchImage(file) {
@@ -88,7 +129,7 @@ function searchImage(file) {
   const data = new FormData();
   data.append("image", file);
   data.append("k", k.value);
-  run(fetch("/search", { method: "POST", body: data }), file.name || "the image");
+  run(api("/search", { method: "POST", body: data }), file.name || "the image");
 }
 
 fileInput.addEventListener("change", () => searchImage(fileInput.files[0]));
@@ -103,6 +144,9 @@ drop.addEventListener("drop", (event) => {
   searchImage(event.dataTransfer.files[0]);
 });
 
-fetch("/v1/models").then((r) => r.json()).then((body) => {
-  $("about").textContent = `model: ${body.data.map((m) => m.id).join(", ")}`;
-}).catch(() => {});
+function about() {
+  api("/v1/models").then((r) => (r.ok ? r.json() : Promise.reject(r.status))).then((body) => {
+    $("about").textContent = `model: ${body.data.map((m) => m.id).join(", ")}`;
+  }).catch(() => {});
+}
+about();

@@ -1,0 +1,57 @@
+"""The embedding folder a server searches: its index, the files it may serve, and whether it can be searched.
+Opened at start and again by ``POST /admin/reload`` (the new one replaces the old only once it is open)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .files import Collection, metadata_column
+
+if TYPE_CHECKING:
+    from ..index import EmbeddingIndex
+
+log = logging.getLogger("altclip.serve")
+
+
+@dataclass(frozen=True)
+class ServedFolder:
+    """``index`` over ``folder``; ``modality``: what queries are matched against (images when the folder has
+    them); ``collection``: its servable files; ``problem``: why it cannot be searched (None: it can)."""
+
+    folder: Path
+    index: EmbeddingIndex
+    modality: str
+    collection: Collection
+    problem: str | None
+
+
+def open_folder(folder: str | Path, *, image_base: str | Path, dim: int) -> ServedFolder:
+    """Open ``folder`` for serving. Raises FileNotFoundError for a folder without embeddings and ValueError when
+    its embeddings are not ``dim``-dimensional. Logs (once, here) how many metadata paths lie outside
+    ``image_base`` and a searcher that cannot be read (the folder is served, its searches answer 503)."""
+    import numpy as np
+
+    from ..index import open_index
+
+    index = open_index(folder)
+    if index.dim != dim:
+        raise ValueError(f"{folder} holds {index.dim}-d embeddings of {index.model} but the served model makes "
+                         f"{dim}-d ones: serve the model that built it")
+    modality = "image" if "image" in index.modalities else "text"
+    collection = Collection(metadata_column(folder, "image_path", index.modalities[0]), base=image_base)
+    if collection.outside:
+        log.warning("%s: %d image path(s) in the metadata lie outside the image base %s and are not served "
+                    "(first: %r)", folder, collection.outside, collection.base, collection.first_outside)
+    problem = None
+    probe = np.zeros((1, dim), np.float32)
+    probe[0, 0] = 1.0
+    try:  # loads the searcher now: a broken index shows at start, not at the first user's search
+        index.search(probe, 1, modality=modality)
+    except Exception as e:  # noqa: BLE001 - faiss raises RuntimeError, a bad file ValueError or OSError...
+        problem = (f"the index of {folder} cannot be searched ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): "
+                   f"rebuild it with altclip index {folder}")
+        log.warning("%s", problem)
+    return ServedFolder(Path(folder), index, modality, collection, problem)
