@@ -334,3 +334,25 @@ def test_reload_finds_new_rows(embedder, core, scene_collection, tmp_path):
         new = [r for r in after if r["metadata"]["caption"] == "a purple triangle"]
         assert len(new) == 1 and new[0]["row"] == len(before)
         assert raw(running, "GET", new[0]["file"])[0] == 200
+
+
+def test_a_changed_folder_is_reopened_without_a_restart(embedder, core, scene_collection, tmp_path):
+    import shutil
+    import time
+
+    from altclip_adapters.serve.folder import RECHECK_SECONDS
+
+    folder = tmp_path / "emb"
+    shutil.copytree(scene_collection[0], folder)
+    app = build_app(embedder, ServeSettings(model_id=MODEL), folder=folder, image_base=scene_collection[1],
+                    thumbnail_cache=tmp_path / "thumbs")
+    with ServerThread(app) as running:
+        before = httpx.get(running.url + "/search", params={"q": "a purple triangle", "k": 100}).json()["results"]
+        EmbeddingWriter(folder, model=app.state.served.index.model, dtype="float32").write_shard(
+            1, image_embeddings=core_images(core, [draw_scene("yellow", "purple", "triangle")]),
+            text_embeddings=core_texts(core, ["a purple triangle"]),
+            metadata=[{"image_path": "images/new.png", "caption": "a purple triangle"}])
+        time.sleep(RECHECK_SECONDS + 0.5)
+        after = httpx.get(running.url + "/search", params={"q": "a purple triangle", "k": 100}).json()["results"]
+        assert len(after) == len(before) + 1
+        assert [r["row"] for r in after if r["metadata"]["caption"] == "a purple triangle"] == [len(before)]

@@ -31,22 +31,6 @@ class NotInCollection(LookupError):
     """The path names no servable file of the collection."""
 
 
-def metadata_column(folder: str | Path, name: str, modality: str) -> list:
-    """One metadata column of an embedding folder (None for rows of shards without it), read alone: the one
-    place the server reads metadata besides its index (switch to ``EmbeddingIndex.column`` once it exists)."""
-    import pyarrow.parquet as pq
-
-    from ..store import shards
-
-    values: list = []
-    for shard in shards(folder, modality):
-        if name in pq.read_schema(shard.metadata).names:
-            values += pq.read_table(shard.metadata, columns=[name]).column(name).to_pylist()
-        else:
-            values += [None] * shard.rows
-    return values
-
-
 def _inside(path: str, root: str) -> bool:
     return os.path.commonpath([path, root]) == root
 

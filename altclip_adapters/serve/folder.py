@@ -1,19 +1,24 @@
 """The embedding folder a server searches: its index, the files it may serve, and whether it can be searched.
-Opened at start and again by ``POST /admin/reload`` (the new one replaces the old only once it is open)."""
+Opened at start, again by ``POST /admin/reload``, and again when a search finds that a file of the folder changed
+(``EmbeddingIndex.is_current``, checked at most every ``RECHECK_SECONDS``); the new one replaces the old only once
+it is open."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .files import Collection, metadata_column
+from .files import Collection
 
 if TYPE_CHECKING:
     from ..index import EmbeddingIndex
 
 log = logging.getLogger("altclip.serve")
+RECHECK_SECONDS = 2.0  # how stale a search may be after `altclip embed` / `altclip index` changed the folder
 
 
 @dataclass(frozen=True)
@@ -36,12 +41,16 @@ def open_folder(folder: str | Path, *, image_base: str | Path, dim: int) -> Serv
 
     from ..index import open_index
 
-    index = open_index(folder)
+    index = open_index(folder, on_warning=log.warning)
     if index.dim != dim:
         raise ValueError(f"{folder} holds {index.dim}-d embeddings of {index.model} but the served model makes "
                          f"{dim}-d ones: serve the model that built it")
     modality = "image" if "image" in index.modalities else "text"
-    collection = Collection(metadata_column(folder, "image_path", index.modalities[0]), base=image_base)
+    try:
+        image_paths = index.column("image_path", index.modalities[0])
+    except KeyError:  # captions only: nothing to serve
+        image_paths = []
+    collection = Collection(image_paths, base=image_base)
     if collection.outside:
         log.warning("%s: %d image path(s) in the metadata lie outside the image base %s and are not served "
                     "(first: %r)", folder, collection.outside, collection.base, collection.first_outside)
@@ -55,3 +64,27 @@ def open_folder(folder: str | Path, *, image_base: str | Path, dim: int) -> Serv
                    f"rebuild it with altclip index {folder}")
         log.warning("%s", problem)
     return ServedFolder(Path(folder), index, modality, collection, problem)
+
+
+async def current_folder(state) -> ServedFolder | None:
+    """``state.served``, first re-opened when a file of its folder was added, replaced or removed (new shards from
+    an incremental ``altclip embed``, a rebuilt index): checked at most every ``RECHECK_SECONDS``, one re-open at a
+    time, in a worker thread. A folder that cannot be re-opened keeps being served as it was (logged)."""
+    from starlette.concurrency import run_in_threadpool
+
+    served = state.served
+    if served is None or time.monotonic() - getattr(state, "checked_at", 0.0) < RECHECK_SECONDS:
+        return served
+    lock = state.__dict__.setdefault("reload_lock", asyncio.Lock())
+    async with lock:
+        if time.monotonic() - getattr(state, "checked_at", 0.0) < RECHECK_SECONDS:
+            return state.served
+        try:
+            if not await run_in_threadpool(state.served.index.is_current):
+                state.served = await run_in_threadpool(open_folder, served.folder, image_base=state.image_base,
+                                                       dim=state.handler.dim)
+                log.info("%s changed: re-opened (%s)", served.folder, state.served.index)
+        except (OSError, ValueError) as e:
+            log.warning("%s changed but cannot be re-opened (%s); still serving what was open", served.folder, e)
+        state.checked_at = time.monotonic()
+    return state.served

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import APIError
-from ..folder import ServedFolder
+from ..folder import ServedFolder, current_folder
 from ..schemas import SearchResponse
 from ..security import require_api_key
 from .embeddings import embed_images, embed_texts
@@ -30,8 +30,8 @@ def jsonable_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
     return jsonable_encoder(values)
 
 
-def served_folder(request: Request, k: int) -> ServedFolder:
-    served: ServedFolder | None = request.app.state.served
+async def served_folder(request: Request, k: int) -> ServedFolder:
+    served: ServedFolder | None = await current_folder(request.app.state)
     if served is None:
         raise APIError(404, "no embedding folder is served: start the server as altclip serve DIR", code="no_index")
     limit = request.app.state.settings.max_k
@@ -67,7 +67,7 @@ async def _answer(request: Request, served: ServedFolder, query: np.ndarray, k: 
 @router.get("/search", response_model=SearchResponse)
 async def search_text(request: Request, q: Annotated[str, Query(description="the query, any language")],
                       k: Annotated[int, Query()] = 10) -> JSONResponse:
-    served = served_folder(request, k)
+    served = await served_folder(request, k)
     if not q.strip():
         raise APIError(400, "the query q is empty", param="q")
     vectors, _ = await embed_texts(request, [q])
@@ -77,7 +77,7 @@ async def search_text(request: Request, q: Annotated[str, Query(description="the
 @router.post("/search", response_model=SearchResponse)
 async def search_image(request: Request, image: Annotated[UploadFile, File(description="the query image")],
                        k: Annotated[int, Form()] = 10) -> JSONResponse:
-    served = served_folder(request, k)
+    served = await served_folder(request, k)
     data = await image.read()
     name = f"the uploaded file {image.filename!r}" if image.filename else "the uploaded file"
     if not data:
