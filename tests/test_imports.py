@@ -8,6 +8,8 @@ no module is imported.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,9 @@ ROOT = "altclip_adapters"
 # (lower layer, higher layers it must not import): prefixes of module names. See docs/ARCHITECTURE.md,
 # "Layers and the arrows rule".
 UPPER = ["adapters", "integrations", "pipeline", "ray", "bulk", "serve", "cli", "sentence_transformers"]
+EVERYTHING = ["config", "registry", "atomic", "images", "inputs", "core", "bridges", "processor", *UPPER]
 RULES = [
+    ("loading", EVERYTHING),  # the core's seam to the bridges: standard library only
     ("config", ["registry", "core", "bridges", "processor", *UPPER]),
     ("registry", ["core", "bridges", "processor", *UPPER]),
     ("atomic", ["config", "registry", "core", "bridges", "processor", "images", *UPPER]),
@@ -169,3 +173,18 @@ def test_no_library_module_imports_the_cli():
         if in_layer(target, "cli")
     )
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_core_loads_checkpoints_without_importing_the_bridges_itself(tiny_dir):
+    """``AltCLIP.from_pretrained`` works when only the core is imported (the package wires the bridge in), and
+    importing the core alone imports no bridge."""
+    code = (
+        "import sys\n"
+        "from altclip_adapters.core.model import AltCLIP\n"
+        "print(sorted(m for m in sys.modules if m.startswith('altclip_adapters.bridges')))\n"
+        f"model = AltCLIP.from_pretrained({str(tiny_dir)!r})\n"
+        "print(type(model).__name__, type(model.processor).__name__, 'altclip_adapters.bridges.hf' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["[]", "AltCLIP AltCLIPProcessor True"]
