@@ -25,6 +25,7 @@ from sentence_transformers.base.modules import InputModule, Normalize, Transform
 from . import __version__
 from .atomic import honour_umask
 from .bridges.files import SENTENCEPIECE_MODEL
+from .bridges.hf import quiet_transformers
 from .core import AltCLIP
 from .processor import DEFAULT_CONTEXT_LENGTH, AltCLIPProcessor, UnreadableImageError
 
@@ -266,7 +267,8 @@ def _load_saved(
         )
     model_kwargs = {**kwargs.pop("model_kwargs", {}), **({"dtype": dtype} if dtype is not None else {})}
     # Only classes checked above are imported, so trusting the folder's code is safe here.
-    model = SentenceTransformer(str(path), device=device, trust_remote_code=True, model_kwargs=model_kwargs, **kwargs)
+    with quiet_transformers():  # a native folder loads through transformers, which draws a progress bar
+        model = SentenceTransformer(str(path), device=device, trust_remote_code=True, model_kwargs=model_kwargs, **kwargs)
     if context_length is not None:
         model.max_seq_length = context_length
     return model
@@ -312,7 +314,7 @@ def export_native(
         core = AltCLIP.from_pretrained(model_or_name)
         length = core.processor.context_length
     length = AltCLIPProcessor._check_context_length(context_length or length)
-    with tempfile.TemporaryDirectory() as checkpoint:
+    with tempfile.TemporaryDirectory() as checkpoint, quiet_transformers():  # no transformers progress bars
         core.save_pretrained(checkpoint)
         transformer = Transformer(
             checkpoint,

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -177,3 +178,24 @@ def save_pretrained(model: AltCLIP, folder: str | Path) -> None:
     save_hf_checkpoint(model, folder)
     if model.processor is not None:
         model.processor.save_pretrained(folder)
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' progress bars (``Loading weights``, ``Writing model shards``) and huggingface_hub's off for the
+    block, then back as they were: for our calls into transformers, whose callers print their own progress. The
+    switches are process-wide, so another thread loading meanwhile is quiet too."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging
+
+    bars, hub_bars_off = logging.is_progress_bar_enabled(), are_progress_bars_disabled()
+    logging.disable_progress_bar()  # huggingface_hub's too
+    try:
+        yield
+    finally:
+        if bars:
+            logging.enable_progress_bar()  # huggingface_hub's too
+        if hub_bars_off:
+            disable_progress_bars()
+        else:
+            enable_progress_bars()
