@@ -274,6 +274,19 @@ def _load_saved(
     return model
 
 
+def is_native_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a sentence-transformers folder written by :func:`export_native`: sentence-transformers' own
+    module at its root, over a transformers AltCLIP checkpoint that ``AltCLIP.from_pretrained`` reads as it is."""
+    path = Path(path).expanduser()
+    try:
+        first = json.loads((path / "modules.json").read_text())[0]
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return False
+    return (isinstance(first, dict) and first.get("path") == "" and isinstance(config, dict)
+            and str(first.get("type", "")).startswith("sentence_transformers.") and config.get("model_type") == "altclip")
+
+
 def altclip_module(model: SentenceTransformer) -> AltCLIPModule:
     """The :class:`AltCLIPModule` a ``SentenceTransformer`` starts with; raises TypeError otherwise."""
     first = model[0] if len(model) else None

@@ -215,3 +215,21 @@ def test_quiet_transformers_puts_the_switches_back(bars_on, hub_bars_off):
     finally:
         logging.enable_progress_bar() if before[0] else logging.disable_progress_bar()
         hub.disable_progress_bars() if before[1] else hub.enable_progress_bars()
+
+
+@pytest.mark.parametrize("to", ["baai", "open_clip"])
+def test_a_native_sentence_transformers_folder_converts_back(to, tiny_dir, tmp_path, capsys):
+    """`altclip convert` reads what `--native` wrote (it stopped with a TypeError traceback before)."""
+    from altclip_adapters.sentence_transformers import is_native_folder
+
+    native, out = tmp_path / "native", tmp_path / "out"
+    assert cli.main(["convert", str(tiny_dir), "--to", "sentence-transformers", "--native", "--out", str(native)]) == 0
+    assert is_native_folder(native) and not is_native_folder(tiny_dir)
+    assert cli.main(["convert", str(native), "--to", to, "--out", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote {to} folder {out} from sentence-transformers {native}"
+    if to == "baai":
+        first, second = AltCLIP.from_pretrained(tiny_dir), AltCLIP.from_pretrained(out)
+        assert first.state_dict().keys() == second.state_dict().keys()
+        for key, tensor in first.state_dict().items():
+            assert tensor.equal(second.state_dict()[key]), key
+        assert first.processor.tokenize(TEXTS)["input_ids"].equal(second.processor.tokenize(TEXTS)["input_ids"])

@@ -82,9 +82,14 @@ def write_baai(source: str, layout: str, folder: Path, arch: str | None = None) 
     """Write ``source`` (in ``layout``) as a BAAI/AltCLIP-layout folder; an open_clip checkpoint
     file is loaded into the open_clip model ``arch``. Shapes are checked before any model is built."""
     if layout == "sentence-transformers":
-        from ..sentence_transformers import load, save_checkpoint
+        from ..sentence_transformers import is_native_folder, load, save_checkpoint
 
-        save_checkpoint(load(source), folder)
+        if is_native_folder(source):  # written by --native: its root is the transformers checkpoint
+            from ..core.model import AltCLIP
+
+            AltCLIP.from_pretrained(Path(source).expanduser()).save_pretrained(folder)
+        else:
+            save_checkpoint(load(source), folder)
     elif layout.startswith("open_clip"):
         import open_clip
 
