@@ -9,7 +9,6 @@ folder on sentence-transformers' own ``Transformer`` module that needs no code f
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ from sentence_transformers.base.modality import is_image_url_or_path, is_message
 from sentence_transformers.base.modules import InputModule, Normalize, Transformer
 
 from . import __version__
-from .atomic import honour_umask
+from .atomic import atomic_write, honour_umask, write_bytes
 from .bridges.files import SENTENCEPIECE_MODEL
 from .bridges.hf import quiet_transformers
 from .core import AltCLIP
@@ -150,7 +149,8 @@ class AltCLIPModule(InputModule):
         if model_config.is_file():  # written by SentenceTransformer.save just before the modules
             data = json.loads(model_config.read_text())
             data["requirements"] = {**data.get("requirements", {}), **REQUIREMENTS}
-            model_config.write_text(json.dumps(data, indent=2, sort_keys=True))
+            with atomic_write(model_config, "w") as file:
+                json.dump(data, file, indent=2, sort_keys=True)
 
     @classmethod
     def load(
@@ -342,7 +342,7 @@ def export_native(
         folder = Path(folder)
         for name in BAAI_EXTRA_FILES:  # the rest of the BAAI/AltCLIP file set, for slow tokenizers and FlagAI
             if not (folder / name).exists():
-                shutil.copyfile(Path(checkpoint) / name, folder / name)
+                write_bytes(folder / name, (Path(checkpoint) / name).read_bytes())
     for weights in folder.rglob("*.safetensors"):  # transformers writes them 0600 (safetensors 0.8)
         honour_umask(weights)
     return folder

@@ -27,6 +27,7 @@ from ..bridges.hf import import_hf_state, is_hf_layout, read_config, save_hf_che
 from ..config import AltCLIPConfig
 from ..core.model import AltCLIP
 from ..processor import DEFAULT_CONTEXT_LENGTH, AltCLIPProcessor, ImageTransform
+
 __all__ = ["AltCLIPOpenCLIP", "model_config", "save_for_open_clip", "save_hf"]
 
 _INTERPOLATION = {"bicubic": 3, "bilinear": 2}  # open_clip name -> PIL code in preprocessor configs

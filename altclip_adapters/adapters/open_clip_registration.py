@@ -14,8 +14,6 @@ an AltCLIP model, so the registration that runs on every ``import open_clip`` co
 
 from __future__ import annotations
 
-from typing import Any
-
 from packaging.specifiers import SpecifierSet
 
 from .. import registry
