@@ -74,7 +74,7 @@ def _values(kind: type, data: Any, where: str) -> dict[str, Any]:
     """The fields of dataclass ``kind`` from JSON ``data``: every key known, none without a default missing,
     strings, integers and lists (as tuples) of the declared kind. Raises ValueError naming ``where`` and the key."""
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")  # noqa: TRY004 (a bad file)
     known = {f.name: str(f.type) for f in fields(kind)}
     unknown = sorted(set(data) - set(known))
     missing = [f.name for f in fields(kind) if f.name not in data and f.default is MISSING]
@@ -96,7 +96,7 @@ def _values(kind: type, data: Any, where: str) -> dict[str, Any]:
 def parse_card(data: Any, source: str) -> Card:
     """A :class:`Card` from a card's JSON data; raises ValueError naming ``source`` and the key at fault."""
     if not isinstance(data, dict):
-        raise ValueError(f"{source}: a card is a JSON object, got {type(data).__name__}")
+        raise ValueError(f"{source}: a card is a JSON object, got {type(data).__name__}")  # noqa: TRY004 (a bad file)
     data = dict(data)
     projection_dim = data.pop("projection_dim", None)  # the card's summary of architecture.projection_dim
     values = _values(Card, data, source)

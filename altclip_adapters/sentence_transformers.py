@@ -268,7 +268,9 @@ def _load_saved(
     model_kwargs = {**kwargs.pop("model_kwargs", {}), **({"dtype": dtype} if dtype is not None else {})}
     # Only classes checked above are imported, so trusting the folder's code is safe here.
     with quiet_transformers():  # a native folder loads through transformers, which draws a progress bar
-        model = SentenceTransformer(str(path), device=device, trust_remote_code=True, model_kwargs=model_kwargs, **kwargs)
+        model = SentenceTransformer(
+            str(path), device=device, trust_remote_code=True, model_kwargs=model_kwargs, **kwargs
+        )
     if context_length is not None:
         model.max_seq_length = context_length
     return model
@@ -283,8 +285,10 @@ def is_native_folder(path: str | Path) -> bool:
         config = json.loads((path / "config.json").read_text())
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return False
-    return (isinstance(first, dict) and first.get("path") == "" and isinstance(config, dict)
-            and str(first.get("type", "")).startswith("sentence_transformers.") and config.get("model_type") == "altclip")
+    if not isinstance(first, dict) or not isinstance(config, dict):
+        return False
+    own_module = first.get("path") == "" and str(first.get("type", "")).startswith("sentence_transformers.")
+    return own_module and config.get("model_type") == "altclip"
 
 
 def altclip_module(model: SentenceTransformer) -> AltCLIPModule:

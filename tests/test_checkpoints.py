@@ -109,7 +109,8 @@ def test_cards_describe_the_released_checkpoints():
         assert config.projection_dim == card.projection_dim == (1024 if name == "AltCLIP-m18" else 768)
         assert card.tokenizer.context_length == 77 and card.preprocessing.center_crop == 224
         raw = json.loads((Path(registry.__file__).parents[1] / "registry" / f"{name}.json").read_text())
-        assert card.hub.repo_id == raw["hub"]["repo_id"] and card.preprocessing.mean == tuple(raw["preprocessing"]["mean"])
+        assert card.hub.repo_id == raw["hub"]["repo_id"]
+        assert card.preprocessing.mean == tuple(raw["preprocessing"]["mean"])
         assert config == AltCLIPConfig.from_dict(raw["architecture"]) and raw["projection_dim"] == card.projection_dim
 
 
@@ -128,10 +129,12 @@ def test_cards_are_frozen_and_configs_are_copies():
         (lambda d: d.update(extra=1), "card.json: unknown key(s) extra"),
         (lambda d: d.pop("hub"), "card.json: missing key(s) hub"),
         (lambda d: d["hub"].pop("repo_id"), "card.json.hub: missing key(s) repo_id"),
-        (lambda d: d["tokenizer"].update(context_length="77"), "card.json.tokenizer.context_length: expected int, got '77'"),
+        (lambda d: d["tokenizer"].update(context_length="77"),
+         "card.json.tokenizer.context_length: expected int, got '77'"),
         (lambda d: d["preprocessing"].update(mean=0.5), "card.json.preprocessing.mean: expected a list, got 0.5"),
         (lambda d: d["architecture"]["text"].update(depth=3), "card.json.architecture: "),
-        (lambda d: d.update(projection_dim=512), "card.json: projection_dim 512 differs from architecture.projection_dim 768"),
+        (lambda d: d.update(projection_dim=512),
+         "card.json: projection_dim 512 differs from architecture.projection_dim 768"),
     ],
 )
 def test_a_bad_card_is_named(change, message):

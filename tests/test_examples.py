@@ -44,7 +44,8 @@ def test_tiny_run_says_random_cleans_up_and_aligns(name, tmp_path, monkeypatch, 
     monkeypatch.setattr(tempfile, "tempdir", str(temp))  # where mkdtemp / TemporaryDirectory put their folders
     run_example(name, None, monkeypatch, "--tiny")
     captured = capsys.readouterr()
-    assert not [bar for bar in ("Loading weights", "Writing model shards", "it/s]") if bar in captured.err], captured.err
+    bars = [bar for bar in ("Loading weights", "Writing model shards", "it/s]") if bar in captured.err]
+    assert not bars, captured.err  # transformers' progress bars (issue 19, item 6)
     out = captured.out.splitlines()
     assert out[0] == RANDOM_WEIGHTS_BANNER
     left = [p.name for p in temp.iterdir() if not p.name.startswith("torchinductor_")]  # torch's own compile cache

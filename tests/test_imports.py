@@ -185,6 +185,6 @@ def test_the_core_loads_checkpoints_without_importing_the_bridges_itself(tiny_di
         f"model = AltCLIP.from_pretrained({str(tiny_dir)!r})\n"
         "print(type(model).__name__, type(model.processor).__name__, 'altclip_adapters.bridges.hf' in sys.modules)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["[]", "AltCLIP AltCLIPProcessor True"]
