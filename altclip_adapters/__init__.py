@@ -5,8 +5,9 @@ of the names below (PEP 562), and each ecosystem adapter imports its ecosystem w
 """
 
 from importlib import import_module
+from types import ModuleType
 
-from . import _autoload
+from . import _autoload, loading
 
 __version__ = "0.1.0"
 
@@ -48,4 +49,12 @@ def register() -> None:
     register_open_clip()
 
 
+def _checkpoint_bridge() -> ModuleType:
+    """The module behind ``AltCLIP.from_pretrained`` / ``save_pretrained`` (see :mod:`altclip_adapters.loading`)."""
+    from .bridges import hf
+
+    return hf
+
+
+loading.provider = _checkpoint_bridge  # the core calls down into loading, this package's top wires the bridge in
 _autoload.install()  # registers with open_clip if it is imported, else when it is; imports nothing now

@@ -33,6 +33,9 @@ _VISION_HF_KEYS = {  # our field -> AltCLIPVisionConfig key
 }
 
 
+OPEN_CLIP_KEY = "altclip"  # the key of an open_clip model config that holds the AltCLIP architecture (to_dict)
+
+
 @dataclass
 class TextConfig:
     """XLM-RoBERTa encoder plus AltCLIP's text head (defaults: BAAI/AltCLIP)."""
@@ -90,6 +93,19 @@ class AltCLIPConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def to_open_clip(self, tokenizer: str, context_length: int) -> dict[str, Any]:
+        """open_clip's model config for this architecture (what ``open_clip_config.json`` holds as ``model_cfg``):
+        ``tokenizer`` is a hub id or a folder that open_clip's ``HFTokenizer`` loads, ``context_length`` its padded
+        length in tokens; the architecture itself goes under :data:`OPEN_CLIP_KEY`."""
+        return {
+            "embed_dim": self.projection_dim,
+            "custom_text": True,  # sends open_clip's create_model to CustomTextCLIP, where the dispatch sits
+            "vision_cfg": {"image_size": self.vision.image_size},
+            "text_cfg": {"context_length": context_length, "vocab_size": self.text.vocab_size,
+                         "hf_tokenizer_name": tokenizer},
+            OPEN_CLIP_KEY: self.to_dict(),
+        }
 
     @classmethod
     def from_hf(cls, data: dict[str, Any]) -> AltCLIPConfig:

@@ -1,13 +1,115 @@
-"""The checkpoint cards in ``registry/``: names, hub ids, architecture, preprocessing, tokenizer."""
+"""The checkpoint cards in ``registry/``: names, hub ids, architecture, preprocessing, tokenizer.
+
+Each JSON card is parsed once, strictly, into a frozen :class:`Card` (as timm's ``PretrainedCfg``): a key the
+card format does not know, a missing one or a value of the wrong type is an error naming the file and the key.
+"""
 
 from __future__ import annotations
 
+import copy
 import json
+from dataclasses import MISSING, dataclass, fields
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from .config import AltCLIPConfig
+
+
+@dataclass(frozen=True)
+class Hub:
+    repo_id: str  # e.g. "BAAI/AltCLIP"
+    weights: str  # the weight file open_clip's `baai` tag downloads, e.g. "model.safetensors"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """``CLIPImageProcessor``'s settings (the checkpoint's preprocessor_config.json wins when present)."""
+
+    resize_shortest_edge: int  # pixels
+    interpolation: str  # "bicubic" or "bilinear"
+    center_crop: int  # pixels
+    mean: tuple[float, float, float]  # per RGB channel, of values in [0, 1]
+    std: tuple[float, float, float]
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Tokenizer:
+    type: str
+    files: str
+    context_length: int  # tokens, as the authors trained
+    max_context_length: int  # tokens the position embedding allows
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Card:
+    """One released checkpoint. ``config()`` gives its architecture (a fresh ``AltCLIPConfig`` each call)."""
+
+    name: str
+    description: str
+    hub: Hub
+    languages: tuple[str, ...]
+    architecture: AltCLIPConfig  # read it through config(): the dataclass itself is mutable
+    preprocessing: Preprocessing
+    tokenizer: Tokenizer
+    known: str = ""
+
+    @property
+    def projection_dim(self) -> int:
+        """The embedding size."""
+        return self.architecture.projection_dim
+
+    def config(self) -> AltCLIPConfig:
+        """The architecture the card describes (a copy: callers may change it)."""
+        return copy.deepcopy(self.architecture)
+
+    def open_clip_config(self) -> dict[str, Any]:
+        """open_clip's model config for this card (the tokenizer from the hub repo)."""
+        return self.architecture.to_open_clip(self.hub.repo_id, self.tokenizer.context_length)
+
+
+def _values(kind: type, data: Any, where: str) -> dict[str, Any]:
+    """The fields of dataclass ``kind`` from JSON ``data``: every key known, none without a default missing,
+    strings, integers and lists (as tuples) of the declared kind. Raises ValueError naming ``where`` and the key."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")  # noqa: TRY004 (a bad file)
+    known = {f.name: str(f.type) for f in fields(kind)}
+    unknown = sorted(set(data) - set(known))
+    missing = [f.name for f in fields(kind) if f.name not in data and f.default is MISSING]
+    if unknown or missing:
+        problems = [f"unknown key(s) {', '.join(unknown)}"] if unknown else []
+        problems += [f"missing key(s) {', '.join(missing)}"] if missing else []
+        raise ValueError(f"{where}: {'; '.join(problems)}")
+    values = dict(data)
+    for name, value in data.items():
+        if known[name].startswith("tuple"):
+            if not isinstance(value, list):
+                raise ValueError(f"{where}.{name}: expected a list, got {value!r}")
+            values[name] = tuple(value)
+        elif known[name] in ("int", "str") and type(value).__name__ != known[name]:
+            raise ValueError(f"{where}.{name}: expected {known[name]}, got {value!r}")
+    return values
+
+
+def parse_card(data: Any, source: str) -> Card:
+    """A :class:`Card` from a card's JSON data; raises ValueError naming ``source`` and the key at fault."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: a card is a JSON object, got {type(data).__name__}")  # noqa: TRY004 (a bad file)
+    data = dict(data)
+    projection_dim = data.pop("projection_dim", None)  # the card's summary of architecture.projection_dim
+    values = _values(Card, data, source)
+    for key, kind in {"hub": Hub, "preprocessing": Preprocessing, "tokenizer": Tokenizer}.items():
+        values[key] = kind(**_values(kind, values[key], f"{source}.{key}"))
+    try:
+        values["architecture"] = AltCLIPConfig.from_dict(values["architecture"])
+    except (TypeError, AttributeError) as e:
+        raise ValueError(f"{source}.architecture: {e}") from e
+    if projection_dim not in (None, values["architecture"].projection_dim):
+        raise ValueError(f"{source}: projection_dim {projection_dim} differs from architecture.projection_dim "
+                         f"{values['architecture'].projection_dim}")
+    return Card(**values)
 
 
 def _cards_dir() -> Path:
@@ -16,12 +118,12 @@ def _cards_dir() -> Path:
 
 
 @cache
-def cards() -> dict[str, dict[str, Any]]:
+def cards() -> dict[str, Card]:
     """Every card, by name (``AltCLIP``, ``AltCLIP-m9``, ``AltCLIP-m18``)."""
     found = {}
     for path in sorted(_cards_dir().glob("*.json")):
-        card = json.loads(path.read_text())
-        found[card["name"]] = card
+        card = parse_card(json.loads(path.read_text()), str(path))
+        found[card.name] = card
     return found
 
 
@@ -29,23 +131,20 @@ def names() -> list[str]:
     return list(cards())
 
 
-def find(name: str) -> dict[str, Any] | None:
+def find(name: str) -> Card | None:
     """The card for a registry name or its hub id (case-insensitive), or None."""
     lowered = name.lower()
-    for card in cards().values():
-        if lowered in (card["name"].lower(), card["hub"]["repo_id"].lower()):
-            return card
-    return None
+    return next((c for c in cards().values() if lowered in (c.name.lower(), c.hub.repo_id.lower())), None)
 
 
-def get(name: str) -> dict[str, Any]:
-    """The card for ``name``; raises KeyError listing the known names."""
-    card = find(name)
-    if card is None:
+def card(name: str) -> Card:
+    """The card for ``name`` (see :func:`find`); raises KeyError listing the known names."""
+    found = find(name)
+    if found is None:
         raise KeyError(f"unknown AltCLIP model {name!r}; known: {', '.join(names())}")
-    return card
+    return found
 
 
 def config(name: str) -> AltCLIPConfig:
-    """The architecture a card describes."""
-    return AltCLIPConfig.from_dict(get(name)["architecture"])
+    """The architecture the card for ``name`` describes (a fresh copy)."""
+    return card(name).config()

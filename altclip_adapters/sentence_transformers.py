@@ -9,7 +9,6 @@ folder on sentence-transformers' own ``Transformer`` module that needs no code f
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,8 +22,9 @@ from sentence_transformers.base.modality import is_image_url_or_path, is_message
 from sentence_transformers.base.modules import InputModule, Normalize, Transformer
 
 from . import __version__
-from .atomic import honour_umask
+from .atomic import atomic_write, honour_umask, write_bytes
 from .bridges.files import SENTENCEPIECE_MODEL
+from .bridges.hf import quiet_transformers
 from .core import AltCLIP
 from .processor import DEFAULT_CONTEXT_LENGTH, AltCLIPProcessor, UnreadableImageError
 
@@ -149,7 +149,8 @@ class AltCLIPModule(InputModule):
         if model_config.is_file():  # written by SentenceTransformer.save just before the modules
             data = json.loads(model_config.read_text())
             data["requirements"] = {**data.get("requirements", {}), **REQUIREMENTS}
-            model_config.write_text(json.dumps(data, indent=2, sort_keys=True))
+            with atomic_write(model_config, "w") as file:
+                json.dump(data, file, indent=2, sort_keys=True)
 
     @classmethod
     def load(
@@ -266,10 +267,28 @@ def _load_saved(
         )
     model_kwargs = {**kwargs.pop("model_kwargs", {}), **({"dtype": dtype} if dtype is not None else {})}
     # Only classes checked above are imported, so trusting the folder's code is safe here.
-    model = SentenceTransformer(str(path), device=device, trust_remote_code=True, model_kwargs=model_kwargs, **kwargs)
+    with quiet_transformers():  # a native folder loads through transformers, which draws a progress bar
+        model = SentenceTransformer(
+            str(path), device=device, trust_remote_code=True, model_kwargs=model_kwargs, **kwargs
+        )
     if context_length is not None:
         model.max_seq_length = context_length
     return model
+
+
+def is_native_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a sentence-transformers folder written by :func:`export_native`: sentence-transformers' own
+    module at its root, over a transformers AltCLIP checkpoint that ``AltCLIP.from_pretrained`` reads as it is."""
+    path = Path(path).expanduser()
+    try:
+        first = json.loads((path / "modules.json").read_text())[0]
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return False
+    if not isinstance(first, dict) or not isinstance(config, dict):
+        return False
+    own_module = first.get("path") == "" and str(first.get("type", "")).startswith("sentence_transformers.")
+    return own_module and config.get("model_type") == "altclip"
 
 
 def altclip_module(model: SentenceTransformer) -> AltCLIPModule:
@@ -312,7 +331,7 @@ def export_native(
         core = AltCLIP.from_pretrained(model_or_name)
         length = core.processor.context_length
     length = AltCLIPProcessor._check_context_length(context_length or length)
-    with tempfile.TemporaryDirectory() as checkpoint:
+    with tempfile.TemporaryDirectory() as checkpoint, quiet_transformers():  # no transformers progress bars
         core.save_pretrained(checkpoint)
         transformer = Transformer(
             checkpoint,
@@ -327,7 +346,7 @@ def export_native(
         folder = Path(folder)
         for name in BAAI_EXTRA_FILES:  # the rest of the BAAI/AltCLIP file set, for slow tokenizers and FlagAI
             if not (folder / name).exists():
-                shutil.copyfile(Path(checkpoint) / name, folder / name)
+                write_bytes(folder / name, (Path(checkpoint) / name).read_bytes())
     for weights in folder.rglob("*.safetensors"):  # transformers writes them 0600 (safetensors 0.8)
         honour_umask(weights)
     return folder

@@ -7,11 +7,12 @@ parameter is perturbed away from its initial value so that a wrong weight mappin
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import Literal
 
 import torch
+
+from .atomic import atomic_path, write_bytes, write_json, write_with
 
 # What every entry point running on a random checkpoint prints first (the demo's offline fallback, examples' --tiny)
 RANDOM_WEIGHTS_BANNER = "RANDOM WEIGHTS: a random tiny checkpoint built offline; every score below is meaningless"
@@ -66,7 +67,7 @@ def train_tokenizer(folder: Path, vocab_size: int = 300):
     vocab = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
     vocab += [(piece.piece, piece.score) for piece in proto.pieces[3:]]
     vocab.append(("<mask>", 0.0))
-    (folder / "sentencepiece.bpe.model").write_bytes(model.getvalue())
+    write_bytes(folder / "sentencepiece.bpe.model", model.getvalue())
     return XLMRobertaTokenizer(
         vocab=vocab, model_max_length=512, _spm_precompiled_charsmap=proto.normalizer_spec.precompiled_charsmap,
         vocab_file=str(folder / "sentencepiece.bpe.model"),
@@ -110,8 +111,6 @@ def make_checkpoint(
     from safetensors.torch import save_file
     from transformers import AltCLIPConfig, AltCLIPModel, CLIPImageProcessor
 
-    from .atomic import honour_umask
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(folder)
@@ -128,7 +127,7 @@ def make_checkpoint(
     size, patch = config.vision_config.image_size, config.vision_config.patch_size
     CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(folder)
     if config_style == "diff":
-        (folder / "config.json").write_text(json.dumps(diff_config(config), indent=2) + "\n")
+        write_json(folder / "config.json", diff_config(config))
     else:
         config.save_pretrained(folder)
 
@@ -142,18 +141,18 @@ def make_checkpoint(
         state = {k.replace("text_model.roberta.encoder.layers.", "text_model.roberta.encoder.layer."): v for k, v in state.items()}
         state["text_model.roberta.embeddings.position_ids"] = torch.arange(514).expand(1, -1).contiguous()
         state["vision_model.embeddings.position_ids"] = torch.arange((size // patch) ** 2 + 1).expand(1, -1).contiguous()
-        torch.save(state, folder / "pytorch_model.bin")
+        write_with(folder / "pytorch_model.bin", lambda file: torch.save(state, file))
         return folder
     state = {k.replace(".encoder.layers.", ".encoder.layer."): v for k, v in state.items()}  # transformers 5 on disk
     if layout == "sharded":
         keys = sorted(state)
         shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2], "model-00002-of-00002.safetensors": keys[len(keys) // 2 :]}
         for name, names in shards.items():
-            save_file({k: state[k] for k in names}, str(folder / name), metadata={"format": "pt"})
-            honour_umask(folder / name)
+            with atomic_path(folder / name) as tmp:
+                save_file({k: state[k] for k in names}, str(tmp), metadata={"format": "pt"})
         index = {"metadata": {}, "weight_map": {k: name for name, names in shards.items() for k in names}}
-        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        write_json(folder / "model.safetensors.index.json", index)
     else:
-        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-        honour_umask(folder / "model.safetensors")
+        with atomic_path(folder / "model.safetensors") as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt"})
     return folder

@@ -1,8 +1,24 @@
-"""Printing helpers the examples share: text columns that stay aligned with Chinese, Japanese or Korean in them."""
+"""Printing helpers the examples share: text columns that stay aligned with Chinese, Japanese or Korean in them,
+and one line instead of a traceback when the checkpoint cannot be had."""
 
 from __future__ import annotations
 
+import sys
 import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def checkpoint_or_exit() -> Iterator[None]:
+    """Stop the script with one line saying what to do when the checkpoint cannot be had (not in the Hugging Face
+    cache while offline, the hub out of reach, a wrong name: FileNotFoundError from altclip_adapters)."""
+    try:
+        yield
+    except FileNotFoundError as e:
+        script = Path(sys.argv[0]).name
+        raise SystemExit(f"{script}: {e}; or run with --tiny (a random tiny checkpoint, offline)") from None
 
 
 def display_width(text: str) -> int:

@@ -13,7 +13,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from _display import pad  # examples/_display.py: CJK-aware column padding
+from _display import checkpoint_or_exit, pad  # examples/_display.py: CJK-aware columns, one-line errors
 from langchain_core.vectorstores import InMemoryVectorStore
 from PIL import Image, ImageDraw
 
@@ -61,7 +61,8 @@ def main() -> None:
 
             args.model = make_checkpoint(workdir / "tiny", "tiny")
             print(RANDOM_WEIGHTS_BANNER)
-        embeddings = AltCLIPEmbeddings(args.model, batch_size=32)
+        with checkpoint_or_exit():
+            embeddings = AltCLIPEmbeddings(args.model, batch_size=32)
 
         texts = InMemoryVectorStore.from_texts(DOCUMENTS, embeddings)
         print("texts")

@@ -14,7 +14,7 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from _display import pad  # examples/_display.py: CJK-aware column padding
+from _display import checkpoint_or_exit, pad  # examples/_display.py: CJK-aware columns, one-line errors
 from llama_index.core import Document, Settings
 from llama_index.core.indices import MultiModalVectorStoreIndex
 from llama_index.core.node_parser import SentenceSplitter
@@ -66,8 +66,9 @@ def main() -> None:
             args.model = str(make_checkpoint(workdir / "tiny", "tiny"))
             print(RANDOM_WEIGHTS_BANNER)
 
+        with checkpoint_or_exit():
+            embed = AltCLIPEmbedding(args.model, embed_batch_size=32)
         Settings.llm = None  # retrieval only
-        embed = AltCLIPEmbedding(args.model, embed_batch_size=32)
         paths = draw_shapes(workdir)
         # LlamaIndex drops nodes with neither text nor metadata: give each image document its file name
         images = [ImageDocument(image_path=path, metadata={"file_name": Path(path).name}) for path in paths]

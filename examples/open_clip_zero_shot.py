@@ -18,7 +18,7 @@ import tempfile
 
 import open_clip
 import torch
-from _display import display_width, pad  # examples/_display.py: CJK-aware column padding
+from _display import checkpoint_or_exit, display_width, pad  # examples/_display.py: CJK-aware columns, one-line errors
 from PIL import Image
 
 LABELS = ["red", "绿色", "bleu"]  # one class name per language; the templates mix languages too
@@ -62,10 +62,8 @@ def main() -> None:
             # (and downloads into the Hugging Face cache that open_clip then reads)
             from altclip_adapters.bridges.files import resolve_checkpoint
 
-            try:
+            with checkpoint_or_exit():
                 resolve_checkpoint(args.model)
-            except FileNotFoundError as e:
-                raise SystemExit(f"open_clip_zero_shot.py: {e}") from None
             model_name, pretrained = args.model, "baai"
         model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
         model.eval()

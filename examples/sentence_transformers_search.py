@@ -17,10 +17,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _display import pad  # examples/_display.py: CJK-aware column padding
+from _display import checkpoint_or_exit, pad  # examples/_display.py: CJK-aware columns, one-line errors
 from PIL import Image, ImageDraw
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import semantic_search
+from transformers.utils import logging as transformers_logging
 
 from altclip_adapters.sentence_transformers import export_native, load
 
@@ -65,6 +66,7 @@ def main() -> None:
     parser.add_argument("--model", default="AltCLIP", help="registry name, hub id or checkpoint folder (default: AltCLIP)")
     parser.add_argument("--tiny", action="store_true", help="use a random tiny checkpoint built offline")
     args = parser.parse_args()
+    transformers_logging.disable_progress_bar()  # the script prints its results; transformers' loading bars add noise
     # The two saved copies of the model (several GB with real weights) and --tiny's checkpoint: removed at the end
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -74,7 +76,8 @@ def main() -> None:
             args.model = make_checkpoint(workdir / "tiny", "tiny")
             print(RANDOM_WEIGHTS_BANNER)
 
-        model = load(args.model)  # a plain SentenceTransformer: AltCLIPModule -> Normalize, cosine similarity
+        with checkpoint_or_exit():
+            model = load(args.model)  # a plain SentenceTransformer: AltCLIPModule -> Normalize, cosine similarity
         search(model, QUERIES, model.encode_document(DOCUMENTS, convert_to_tensor=True), DOCUMENTS, "texts")
         images = draw_shapes()
         image_vectors = model.encode(list(images.values()), convert_to_tensor=True)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from altclip_adapters import AltCLIP, registry
+from altclip_adapters import AltCLIP, AltCLIPConfig, registry
 
 
 def copy(folder, tmp_path):
@@ -92,19 +95,53 @@ def test_misshaped_tensor_is_named(tiny_dir, tmp_path):
 
 def test_unknown_registry_name_or_hub_id():
     with pytest.raises(KeyError, match="unknown AltCLIP model 'AltCLIP-xx'; known: "):
-        registry.get("AltCLIP-xx")
+        registry.card("AltCLIP-xx")
 
 
 def test_cards_describe_the_released_checkpoints():
     assert set(registry.names()) == {"AltCLIP", "AltCLIP-m9", "AltCLIP-m18"}
-    assert registry.get("baai/altclip-m9")["name"] == "AltCLIP-m9"
-    assert len(registry.get("AltCLIP-m18")["languages"]) == 18
+    assert registry.card("baai/altclip-m9").name == "AltCLIP-m9"
+    assert len(registry.card("AltCLIP-m18").languages) == 18
     for name in registry.names():
-        card = registry.get(name)
+        card = registry.card(name)
         config = registry.config(name)
         assert config.text.width == 1024 and config.text.layers == 24 and config.text.vocab_size == 250002
-        assert config.projection_dim == card["projection_dim"] == (1024 if name == "AltCLIP-m18" else 768)
-        assert card["tokenizer"]["context_length"] == 77 and card["preprocessing"]["center_crop"] == 224
+        assert config.projection_dim == card.projection_dim == (1024 if name == "AltCLIP-m18" else 768)
+        assert card.tokenizer.context_length == 77 and card.preprocessing.center_crop == 224
+        raw = json.loads((Path(registry.__file__).parents[1] / "registry" / f"{name}.json").read_text())
+        assert card.hub.repo_id == raw["hub"]["repo_id"]
+        assert card.preprocessing.mean == tuple(raw["preprocessing"]["mean"])
+        assert config == AltCLIPConfig.from_dict(raw["architecture"]) and raw["projection_dim"] == card.projection_dim
+
+
+def test_cards_are_frozen_and_configs_are_copies():
+    card = registry.card("AltCLIP")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        card.name = "other"
+    config = registry.config("AltCLIP")
+    config.text.transformation_pre = True
+    assert registry.config("AltCLIP").text.transformation_pre is False
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.update(extra=1), "card.json: unknown key(s) extra"),
+        (lambda d: d.pop("hub"), "card.json: missing key(s) hub"),
+        (lambda d: d["hub"].pop("repo_id"), "card.json.hub: missing key(s) repo_id"),
+        (lambda d: d["tokenizer"].update(context_length="77"),
+         "card.json.tokenizer.context_length: expected int, got '77'"),
+        (lambda d: d["preprocessing"].update(mean=0.5), "card.json.preprocessing.mean: expected a list, got 0.5"),
+        (lambda d: d["architecture"]["text"].update(depth=3), "card.json.architecture: "),
+        (lambda d: d.update(projection_dim=512),
+         "card.json: projection_dim 512 differs from architecture.projection_dim 768"),
+    ],
+)
+def test_a_bad_card_is_named(change, message):
+    data = json.loads((Path(registry.__file__).parents[1] / "registry" / "AltCLIP.json").read_text())
+    change(data)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        registry.parse_card(data, "card.json")
 
 
 def fake_hub_cache(cache, repo_id, folder, commit="0123456789abcdef0123456789abcdef01234567"):

@@ -172,3 +172,64 @@ def test_open_clip_folders_have_the_sentencepiece_model_and_umask_modes(tiny_dir
     out = save_for_open_clip(tiny_dir, tmp_path / "open_clip")
     assert (out / "sentencepiece.bpe.model").is_file()
     assert {path.name: path.stat().st_mode & 0o777 for path in out.iterdir()} == {path.name: 0o666 & ~umask for path in out.iterdir()}
+
+
+PROGRESS_BARS = ("Loading weights", "Writing model shards", "it/s]")
+
+
+@pytest.mark.parametrize("to", [["sentence-transformers", "--native"], ["sentence-transformers"], ["open_clip"]])
+def test_convert_draws_no_transformers_progress_bars(to, tiny_dir, tmp_path):
+    """transformers' progress bars stay out of `altclip convert` (issue 19, item 6); the command says what it wrote."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "altclip_adapters.cli", "convert", str(tiny_dir), "--to", *to, "--out", str(out)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert not [bar for bar in PROGRESS_BARS if bar in result.stderr], result.stderr
+    assert result.stdout.startswith(f"wrote {to[0]} folder {out}")
+    if "--native" in to:  # the folder loads back quietly too, through this package's load()
+        code = f"from altclip_adapters.sentence_transformers import load; load({str(out)!r}).encode(['x'])"
+        loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+        assert loaded.returncode == 0 and not [bar for bar in PROGRESS_BARS if bar in loaded.stderr], loaded.stderr
+
+
+@pytest.mark.parametrize("hub_bars_off", [False, True])
+@pytest.mark.parametrize("bars_on", [True, False])
+def test_quiet_transformers_puts_the_switches_back(bars_on, hub_bars_off):
+    import huggingface_hub.utils as hub
+    from transformers.utils import logging
+
+    from altclip_adapters.bridges.hf import quiet_transformers
+
+    before = (logging.is_progress_bar_enabled(), hub.are_progress_bars_disabled())
+    try:
+        logging.enable_progress_bar() if bars_on else logging.disable_progress_bar()
+        hub.disable_progress_bars() if hub_bars_off else hub.enable_progress_bars()
+        with quiet_transformers():
+            assert not logging.is_progress_bar_enabled() and hub.are_progress_bars_disabled()
+        assert (logging.is_progress_bar_enabled(), hub.are_progress_bars_disabled()) == (bars_on, hub_bars_off)
+    finally:
+        logging.enable_progress_bar() if before[0] else logging.disable_progress_bar()
+        hub.disable_progress_bars() if before[1] else hub.enable_progress_bars()
+
+
+@pytest.mark.parametrize("to", ["baai", "open_clip"])
+def test_a_native_sentence_transformers_folder_converts_back(to, tiny_dir, tmp_path, capsys):
+    """`altclip convert` reads what `--native` wrote (it stopped with a TypeError traceback before)."""
+    from altclip_adapters.sentence_transformers import is_native_folder
+
+    native, out = tmp_path / "native", tmp_path / "out"
+    assert cli.main(["convert", str(tiny_dir), "--to", "sentence-transformers", "--native", "--out", str(native)]) == 0
+    assert is_native_folder(native) and not is_native_folder(tiny_dir)
+    assert cli.main(["convert", str(native), "--to", to, "--out", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote {to} folder {out} from sentence-transformers {native}"
+    if to == "baai":
+        first, second = AltCLIP.from_pretrained(tiny_dir), AltCLIP.from_pretrained(out)
+        assert first.state_dict().keys() == second.state_dict().keys()
+        for key, tensor in first.state_dict().items():
+            assert tensor.equal(second.state_dict()[key]), key
+        assert first.processor.tokenize(TEXTS)["input_ids"].equal(second.processor.tokenize(TEXTS)["input_ids"])

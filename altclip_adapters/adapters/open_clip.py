@@ -23,16 +23,13 @@ from torch import nn
 from .. import registry
 from ..atomic import honour_umask
 from ..bridges.files import open_weights, resolve_checkpoint, write_slow_tokenizer_files
-from ..bridges.hf import HF_TABLE, IGNORED, canonical_key, read_config, save_hf_checkpoint
-from ..bridges.mapping import import_state_dict
+from ..bridges.hf import import_hf_state, is_hf_layout, read_config, save_hf_checkpoint
 from ..config import AltCLIPConfig
 from ..core.model import AltCLIP
 from ..processor import DEFAULT_CONTEXT_LENGTH, AltCLIPProcessor, ImageTransform
-from .open_clip_registration import open_clip_config, register
 
-__all__ = ["AltCLIPOpenCLIP", "model_config", "register", "save_for_open_clip", "save_hf"]
+__all__ = ["AltCLIPOpenCLIP", "model_config", "save_for_open_clip", "save_hf"]
 
-_HF_PREFIXES = ("text_model.", "vision_model.")  # keys of BAAI / transformers AltCLIP checkpoints
 _INTERPOLATION = {"bicubic": 3, "bilinear": 2}  # open_clip name -> PIL code in preprocessor configs
 
 
@@ -43,17 +40,14 @@ def model_config(source: str | Path) -> dict[str, Any]:
     Raises FileNotFoundError if ``source`` is neither."""
     card = registry.find(str(source))
     if card is not None:
-        config = AltCLIPConfig.from_dict(card["architecture"])
-        return open_clip_config(config, card["hub"]["repo_id"], card["tokenizer"]["context_length"])
+        return card.open_clip_config()
     folder = Path(source)
     if not folder.is_dir():
         raise FileNotFoundError(
             f"{str(source)!r} is neither an AltCLIP registry name ({', '.join(registry.names())}) "
             "nor a checkpoint folder"
         )
-    config = read_config(folder)
-    config.text.transformation_pre = "text_model.transformation_pre.weight" in open_weights(folder).keys()
-    return open_clip_config(config, str(folder.resolve()), DEFAULT_CONTEXT_LENGTH)
+    return read_config(folder).to_open_clip(str(folder.resolve()), DEFAULT_CONTEXT_LENGTH)
 
 
 def _params(item: nn.Module | nn.Parameter) -> list[nn.Parameter]:
@@ -168,18 +162,15 @@ class AltCLIPOpenCLIP(AltCLIP):
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Load this model's own state dict or a BAAI/transformers AltCLIP one (mapped strictly)."""
-        if any(key.startswith(_HF_PREFIXES) for key in state_dict):
+        if is_hf_layout(state_dict):
             state_dict = self._import_hf(state_dict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _import_hf(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         own = {key: state[key] for key in ("logit_bias",) if key in state}  # added by open_clip for SigLIP training
-        foreign = {canonical_key(k): v for k, v in state.items() if k not in own and canonical_key(k) not in IGNORED}
+        foreign = {key: tensor for key, tensor in state.items() if key not in own}
         expected = {k: v for k, v in self.state_dict().items() if k not in ("logit_bias",)}
-        imported = import_state_dict(
-            HF_TABLE, expected, foreign.__getitem__, set(foreign), source="a BAAI/transformers AltCLIP checkpoint"
-        )
-        return {**imported, **own}
+        return {**import_hf_state(foreign, expected, source="a BAAI/transformers AltCLIP checkpoint"), **own}
 
 
 def save_hf(model: AltCLIPOpenCLIP, tokenizer: HFTokenizer, folder: str | Path) -> Path:

@@ -14,36 +14,18 @@ an AltCLIP model, so the registration that runs on every ``import open_clip`` co
 
 from __future__ import annotations
 
-from typing import Any
-
 from packaging.specifiers import SpecifierSet
 
 from .. import registry
-from ..config import AltCLIPConfig
+from ..config import OPEN_CLIP_KEY
 
-MARKER = "altclip"  # the model-config key that selects AltCLIP; its value is an AltCLIPConfig dict
+MARKER = OPEN_CLIP_KEY  # the model-config key that selects AltCLIP; its value is an AltCLIPConfig dict
 PRETRAINED_TAG = "baai"
 # The open_clip releases registration is written for; pyproject.toml's open_clip extra declares the same range
 # (a test holds them together). open_clip's main branch (4.2.0.dev0) keeps the factory tables used here but
 # declares breaking changes for integrations: open_clip_train wraps models in TrainingTask with dict batches,
 # HFTokenizer pads and validates special tokens differently, torch >= 2.6. None of that is tested here yet.
 SUPPORTED_OPEN_CLIP = SpecifierSet(">=3.3,<4")
-
-
-def open_clip_config(config: AltCLIPConfig, tokenizer: str, context_length: int) -> dict[str, Any]:
-    """open_clip's model config for an AltCLIP architecture; ``tokenizer`` is a hub id or a folder that
-    open_clip's ``HFTokenizer`` loads, ``context_length`` its padded length in tokens."""
-    return {
-        "embed_dim": config.projection_dim,
-        "custom_text": True,  # sends create_model to CustomTextCLIP, where the dispatch sits
-        "vision_cfg": {"image_size": config.vision.image_size},
-        "text_cfg": {
-            "context_length": context_length,
-            "vocab_size": config.text.vocab_size,
-            "hf_tokenizer_name": tokenizer,
-        },
-        MARKER: config.to_dict(),
-    }
 
 
 def _model_class() -> type:
@@ -108,17 +90,14 @@ def register() -> None:
     from open_clip import factory, pretrained
 
     for name, card in registry.cards().items():
-        config = AltCLIPConfig.from_dict(card["architecture"])
-        factory._MODEL_CONFIGS[name] = open_clip_config(
-            config, card["hub"]["repo_id"], card["tokenizer"]["context_length"]
-        )
-        prep = card["preprocessing"]
+        factory._MODEL_CONFIGS[name] = card.open_clip_config()
+        prep = card.preprocessing
         pretrained._PRETRAINED.setdefault(name, {})[PRETRAINED_TAG] = {
             "url": "",
-            "hf_hub": f"{card['hub']['repo_id']}/{card['hub']['weights']}",
-            "mean": tuple(prep["mean"]),
-            "std": tuple(prep["std"]),
-            "interpolation": prep["interpolation"],
+            "hf_hub": f"{card.hub.repo_id}/{card.hub.weights}",
+            "mean": prep.mean,
+            "std": prep.std,
+            "interpolation": prep.interpolation,
             "resize_mode": "shortest",
         }
     factory._rescan_model_configs()  # keeps list_models() sorted

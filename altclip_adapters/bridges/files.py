@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from safetensors import SafetensorError, safe_open
 
 from .. import registry
+from ..atomic import write_bytes, write_json
 
 if TYPE_CHECKING:
     import torch
@@ -47,27 +48,68 @@ class Weights:
     def keys(self) -> list[str]:
         return list(self._files)
 
-    def get(self, key: str) -> torch.Tensor:
+    def _handle(self, key: str):
         path = self._files[key]
         if path not in self._open:
             self._open[path] = _open_file(path)
-        handle = self._open[path]
+        return self._open[path]
+
+    def get(self, key: str) -> torch.Tensor:
+        handle = self._handle(key)
         return handle.get_tensor(key) if hasattr(handle, "get_tensor") else handle[key]
 
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every tensor's shape, read from the file headers (no tensor data is read)."""
+        return {key: _shape(self._handle(key), key) for key in self._files}
 
-def _open_file(path: Path):
-    """A safetensors handle or a state dict read with ``weights_only=True`` (memory-mapped)."""
+
+def _shape(handle, key: str) -> tuple[int, ...]:
+    return tuple(handle.get_slice(key).get_shape()) if hasattr(handle, "get_slice") else tuple(handle[key].shape)
+
+
+def _read(path: Path):
+    """A safetensors handle, or what ``torch.load(weights_only=True)`` gives (memory-mapped when the file's format
+    allows it). Raises ValueError naming the file when it cannot be read."""
     import torch
 
     try:
         if path.suffix == ".safetensors":
             return safe_open(str(path), framework="pt")
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # the pre-1.6 format cannot be memory-mapped (a broken file fails again below)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except (SafetensorError, OSError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError) as e:
         raise ValueError(f"{path} is not a readable checkpoint file (corrupted or truncated?): {e}") from e
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+
+
+def _open_file(path: Path):
+    """A safetensors handle or a flat state dict of tensors (see :func:`_read`)."""
+    import torch
+
+    state = _read(path)
+    if not hasattr(state, "get_tensor") and (
+        not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values())
+    ):
         raise ValueError(f"{path} does not hold a flat state dict of tensors")
     return state
+
+
+def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor of one checkpoint file, read as ``open_clip.load_checkpoint`` reads it (a
+    ``state_dict`` entry if there is one, a ``module.`` prefix dropped); memory-mapped, no tensor data is read.
+    Raises ValueError for a file that is unreadable or holds no tensors."""
+    import torch
+
+    state = _read(path)
+    if hasattr(state, "get_slice"):
+        with state:
+            return {key: _shape(state, key) for key in state.keys()}  # noqa: SIM118
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} holds no state dict of tensors")
+    return {key.removeprefix("module."): tuple(v.shape) for key, v in state.items() if isinstance(v, torch.Tensor)}
 
 
 def open_weights(folder: Path) -> Weights:
@@ -111,7 +153,7 @@ def checkpoint_source(name_or_path: str | Path) -> Path | str:
     if path.is_file():
         raise ValueError(f"{path} is a file; AltCLIP.from_pretrained expects a checkpoint folder (config.json + weights)")
     card = registry.find(str(name_or_path))
-    repo_id = card["hub"]["repo_id"] if card else str(name_or_path)
+    repo_id = card.hub.repo_id if card else str(name_or_path)
     if repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")):
         raise FileNotFoundError(
             f"{str(name_or_path)!r} is not a local folder, a registry name ({', '.join(registry.names())}) "
@@ -203,9 +245,9 @@ def write_slow_tokenizer_files(tokenizer, folder: Path) -> None:
     target = folder / SENTENCEPIECE_MODEL
     if source and Path(source).is_file():
         if Path(source).resolve() != target.resolve():
-            target.write_bytes(Path(source).read_bytes())
+            write_bytes(target, Path(source).read_bytes())
     else:
-        target.write_bytes(sentencepiece_model(tokenizer))
+        write_bytes(target, sentencepiece_model(tokenizer))
     special = {str(token): token for token in tokenizer.added_tokens_decoder.values()}
 
     def entry(token: str):
@@ -216,7 +258,7 @@ def write_slow_tokenizer_files(tokenizer, folder: Path) -> None:
                 "single_word": added.single_word}
 
     tokens = {name: entry(token) for name, token in tokenizer.special_tokens_map.items()}
-    (folder / "special_tokens_map.json").write_text(json.dumps(tokens, indent=2, ensure_ascii=False) + "\n")
+    write_json(folder / "special_tokens_map.json", tokens)
 
 
 def sentencepiece_model(tokenizer) -> bytes:

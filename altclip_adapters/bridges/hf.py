@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from ..atomic import atomic_path, write_json
 from ..config import AltCLIPConfig
 from ..core.model import AltCLIP
-from ..atomic import honour_umask
-from .files import open_weights
-from .mapping import Rule, export_state_dict, import_state_dict, rule
+from ..processor import AltCLIPProcessor
+from .files import Weights, open_weights, resolve_checkpoint
+from .mapping import Mismatch, Rule, compare, export_state_dict, foreign_shapes, import_state_dict, rule
 
 V = "vision_model.encoder.layers.{n}"
 HF_TABLE: list[Rule] = [
@@ -61,6 +64,9 @@ _SPELLING = [
 ]
 
 
+HF_PREFIXES = ("text_model.", "vision_model.")  # every tensor of a BAAI/transformers AltCLIP checkpoint starts so
+
+
 def canonical_key(key: str) -> str:
     """A checkpoint key in the BAAI spelling."""
     for pattern, repl in _SPELLING:
@@ -68,7 +74,23 @@ def canonical_key(key: str) -> str:
     return key
 
 
+def is_hf_layout(keys: Iterable[str]) -> bool:
+    """Whether state-dict ``keys`` are BAAI/transformers AltCLIP keys (rather than the core's / open_clip's)."""
+    return any(key.startswith(HF_PREFIXES) for key in keys)
+
+
+def hf_keys(keys: Iterable[str]) -> dict[str, str]:
+    """The BAAI spelling of each checkpoint key AltCLIP uses -> the key as the file spells it (``IGNORED`` left out)."""
+    return {canonical_key(key): key for key in keys if canonical_key(key) not in IGNORED}
+
+
 def read_config(folder: Path) -> AltCLIPConfig:
+    """The architecture of a BAAI-layout folder: its config.json, and ``transformation_pre`` from its weights'
+    keys (AltCLIP-m18's extra head; config.json does not record it). Raises FileNotFoundError / ValueError."""
+    return _open_folder(folder)[0]
+
+
+def _open_folder(folder: Path) -> tuple[AltCLIPConfig, Weights]:
     path = folder / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{folder} has no config.json: not an AltCLIP checkpoint folder")
@@ -76,46 +98,104 @@ def read_config(folder: Path) -> AltCLIPConfig:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from e
-    return AltCLIPConfig.from_hf(data)
+    config = AltCLIPConfig.from_hf(data)
+    weights = open_weights(folder)
+    config.text.transformation_pre = "text_model.transformation_pre.weight" in hf_keys(weights.keys())
+    return config, weights
 
 
 def load_hf_checkpoint(
     folder: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None
 ) -> AltCLIP:
-    """Build the core from a folder in the BAAI/transformers layout (config.json + weights)."""
-    folder = Path(folder)
-    config = read_config(folder)
-    weights = open_weights(folder)
-    keys = {canonical_key(k): k for k in weights.keys() if canonical_key(k) not in IGNORED}
-    config.text.transformation_pre = "text_model.transformation_pre.weight" in keys
-    return build_from_weights(config, HF_TABLE, keys, weights, device=device, dtype=dtype)
-
-
-def build_from_weights(config, table, keys, weights, *, device=None, dtype=None) -> AltCLIP:
-    """The core for ``config`` with every tensor taken from ``weights`` through ``table``, strictly.
-
-    ``keys`` maps the table's spelling of each available key to the file's spelling.
-    """
+    """Build the core from a folder in the BAAI/transformers layout (config.json + weights), strictly: ValueError
+    lists every missing, unexpected and mis-shaped tensor before any is read."""
+    config, weights = _open_folder(Path(folder))
     with torch.device("meta"):
         model = AltCLIP(config)
     dtype = dtype or torch.float32
+    keys = hf_keys(weights.keys())
+    shapes = weights.shapes()
 
     def get(key: str) -> torch.Tensor:
         tensor = weights.get(keys[key])
         return tensor.to(dtype) if tensor.is_floating_point() else tensor
 
-    state = import_state_dict(table, model.state_dict(), get, set(keys), source=weights.source)
+    found = {key: shapes[name] for key, name in keys.items()}
+    state = import_state_dict(HF_TABLE, model.state_dict(), get, found, source=weights.source)
     model.load_state_dict(state, strict=True, assign=True)
     model.text.reset_buffers()
     model.eval()
     return model.to(device) if device is not None else model
 
 
+def import_hf_state(
+    state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str
+) -> dict[str, torch.Tensor]:
+    """The core state dict (keys and shapes as ``expected``) for a BAAI/transformers AltCLIP state dict, strictly."""
+    keys = hf_keys(state)
+    found = {key: tuple(state[name].shape) for key, name in keys.items()}
+    return import_state_dict(HF_TABLE, expected, lambda key: state[keys[key]], found, source=source)
+
+
+def architecture_mismatch(found: dict[str, tuple[int, ...]], config: AltCLIPConfig) -> Mismatch:
+    """How tensor shapes ``found`` (BAAI/transformers keys, or the core's / open_clip's own keys; open_clip's
+    optional SigLIP ``logit_bias`` aside) differ from the AltCLIP of ``config``. Builds the model on the meta
+    device: no memory, no weights."""
+    with torch.device("meta"):
+        state = AltCLIP(config).state_dict()
+    if is_hf_layout(found):
+        found = {key: found[name] for key, name in hf_keys(found).items()}
+        return compare(foreign_shapes(HF_TABLE, state), found)
+    found = {key: shape for key, shape in found.items() if key != "logit_bias"}
+    return compare({key: tuple(tensor.shape) for key, tensor in state.items()}, found)
+
+
 def save_hf_checkpoint(model: AltCLIP, folder: str | Path) -> None:
-    """Write config.json and model.safetensors in the BAAI/AltCLIP layout (file modes follow the umask)."""
+    """Write config.json and model.safetensors in the BAAI/AltCLIP layout (atomically; modes follow the umask)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(model.config.to_hf(), indent=2) + "\n")
+    write_json(folder / "config.json", model.config.to_hf())
     state = export_state_dict(HF_TABLE, {k: v.detach().cpu() for k, v in model.state_dict().items()})
-    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    honour_umask(folder / "model.safetensors")
+    with atomic_path(folder / "model.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+
+
+def load_pretrained(
+    name_or_path: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    revision: str | None = None,
+) -> AltCLIP:
+    """``AltCLIP.from_pretrained``: a registry name, hub id or local folder, with its processor attached."""
+    folder = resolve_checkpoint(name_or_path, revision=revision)
+    model = load_hf_checkpoint(folder, device=device, dtype=dtype)
+    model.processor = AltCLIPProcessor.from_pretrained(folder)
+    return model
+
+
+def save_pretrained(model: AltCLIP, folder: str | Path) -> None:
+    """``AltCLIP.save_pretrained``: the weights and config, and the processor's files when it has one."""
+    save_hf_checkpoint(model, folder)
+    if model.processor is not None:
+        model.processor.save_pretrained(folder)
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' progress bars (``Loading weights``, ``Writing model shards``) and huggingface_hub's off for the
+    block, then back as they were: for our calls into transformers, whose callers print their own progress. The
+    switches are process-wide, so another thread loading meanwhile is quiet too."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging
+
+    bars, hub_bars_off = logging.is_progress_bar_enabled(), are_progress_bars_disabled()
+    logging.disable_progress_bar()  # huggingface_hub's too
+    try:
+        yield
+    finally:
+        if bars:
+            logging.enable_progress_bar()  # huggingface_hub's too
+        if hub_bars_off:
+            disable_progress_bars()
+        else:
+            enable_progress_bars()

@@ -56,33 +56,85 @@ def theirs_for(table: list[Rule], ours_key: str) -> tuple[Rule, tuple[str, ...]]
     raise KeyError(f"no mapping rule covers the core key {ours_key!r}")
 
 
-def import_state_dict(
-    table: list[Rule], expected: dict[str, torch.Tensor], get: Callable[[str], torch.Tensor], present: set[str], source: str
-) -> dict[str, torch.Tensor]:
-    """Build the core state dict from foreign tensors, strictly.
+Shape = tuple[int, ...]
 
-    ``expected`` maps each core key to a tensor of the right shape (meta tensors are fine);
-    ``get`` reads one foreign tensor; ``present`` is the set of foreign keys available.
-    Raises ValueError listing every missing, unexpected and mis-shaped key.
-    """
-    plan = {key: theirs_for(table, key) for key in expected}
-    wanted = {k for _, keys in plan.values() for k in keys}
-    missing = sorted(wanted - present)
-    unexpected = sorted(present - wanted)
-    out, misshaped = {}, []
-    if not missing and not unexpected:
-        for key, (r, keys) in plan.items():
-            tensor = OPS[r.op][0](*(get(k) for k in keys))
-            if tuple(tensor.shape) != tuple(expected[key].shape):
-                misshaped.append(f"{' + '.join(keys)}: {tuple(tensor.shape)} (expected {tuple(expected[key].shape)})")
-            out[key] = tensor
-    if missing or unexpected or misshaped:
+
+@dataclass(frozen=True)
+class Mismatch:
+    """How the tensors a checkpoint holds differ from the ones a model expects, by key and shape (in the order of
+    the model's keys, then the file's); false when they fit."""
+
+    missing: list[str]
+    unexpected: list[str]
+    misshaped: list[tuple[str, Shape, Shape]]  # (key, shape in the file, shape in the model)
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.unexpected or self.misshaped)
+
+    def report(self, source: str) -> str:
+        """Every missing, unexpected and mis-shaped key (at most 20 of each kind), one kind per line."""
         parts = [f"{source} does not match the AltCLIP architecture its config describes:"]
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)):
+        misshaped = [f"{key}: {found} (expected {expected})" for key, found, expected in self.misshaped]
+        for label, keys in (("missing", sorted(self.missing)), ("unexpected", sorted(self.unexpected)),
+                            ("wrong shape", misshaped)):
             if keys:
                 shown = ", ".join(keys[:20]) + (f", ... ({len(keys) - 20} more)" if len(keys) > 20 else "")
                 parts.append(f"  {label} ({len(keys)}): {shown}")
-        raise ValueError("\n".join(parts))
+        return "\n".join(parts)
+
+    def summary(self) -> str:
+        """One phrase: how many of each kind and one example, e.g. ``2 tensors of another shape, 1 missing (e.g.
+        text_projection.weight is [8, 24] in the file, [16, 24] in the model)``; empty when they fit."""
+        problems, examples = [], []
+        if self.misshaped:
+            problems.append(f"{len(self.misshaped)} tensor{'s' * (len(self.misshaped) != 1)} of another shape")
+            key, found, expected = self.misshaped[0]
+            examples.append(f"{key} is {list(found)} in the file, {list(expected)} in the model")
+        if self.missing:
+            problems.append(f"{len(self.missing)} missing")
+            examples.append(f"{self.missing[0]} is missing")
+        if self.unexpected:
+            problems.append(f"{len(self.unexpected)} unexpected")
+            examples.append(f"{self.unexpected[0]} is not in the model")
+        return f"{', '.join(problems)} (e.g. {examples[0]})" if problems else ""
+
+
+def compare(expected: dict[str, Shape], found: dict[str, Shape]) -> Mismatch:
+    """The strict check: every expected key present with its shape, nothing else."""
+    return Mismatch(
+        missing=[key for key in expected if key not in found],
+        unexpected=[key for key in found if key not in expected],
+        misshaped=[(key, tuple(found[key]), tuple(shape)) for key, shape in expected.items()
+                   if key in found and tuple(found[key]) != tuple(shape)],
+    )
+
+
+def foreign_shapes(table: list[Rule], expected: dict[str, torch.Tensor]) -> dict[str, Shape]:
+    """The shape of every foreign tensor the core state dict ``expected`` maps to (computed on the meta device)."""
+    meta = {key: torch.empty(tensor.shape, device="meta") for key, tensor in expected.items()}
+    return {key: tuple(tensor.shape) for key, tensor in export_state_dict(table, meta).items()}
+
+
+def import_state_dict(
+    table: list[Rule],
+    expected: dict[str, torch.Tensor],
+    get: Callable[[str], torch.Tensor],
+    present: dict[str, Shape],
+    source: str,
+) -> dict[str, torch.Tensor]:
+    """Build the core state dict from foreign tensors, strictly.
+
+    ``expected`` maps each core key to a tensor of the right shape (meta tensors are fine); ``get`` reads one
+    foreign tensor; ``present`` maps each available foreign key to its shape. Raises ValueError listing every
+    missing, unexpected and mis-shaped key (:meth:`Mismatch.report`) before any tensor is read.
+    """
+    mismatch = compare(foreign_shapes(table, expected), present)
+    if mismatch:
+        raise ValueError(mismatch.report(source))
+    out = {}
+    for key in expected:
+        r, keys = theirs_for(table, key)
+        out[key] = OPS[r.op][0](*(get(k) for k in keys))
     return out
 
 

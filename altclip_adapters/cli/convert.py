@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,94 +36,39 @@ def layout_of(source: str) -> str:
 def arch_config(arch: str) -> AltCLIPConfig:
     """The AltCLIP architecture an open_clip model name stands for: a registry name, or ``local-dir:FOLDER`` (the
     ``"altclip"`` entry of the folder's open_clip_config.json). Raises CLIError for any other name."""
-    from ..config import AltCLIPConfig
+    from ..config import OPEN_CLIP_KEY, AltCLIPConfig
 
     card = registry.find(arch)
     if card is not None:
-        return AltCLIPConfig.from_dict(card["architecture"])
+        return card.config()
     if arch.startswith("local-dir:"):
         path = Path(arch.removeprefix("local-dir:")).expanduser() / "open_clip_config.json"
         if not path.is_file():
             raise CLIError(f"--arch {arch}: {path} does not exist")
-        altclip = json.loads(path.read_text()).get("model_cfg", {}).get("altclip")
+        altclip = json.loads(path.read_text()).get("model_cfg", {}).get(OPEN_CLIP_KEY)
         if altclip is None:
             raise CLIError(f"--arch {arch}: {path} describes no AltCLIP model (no model_cfg.altclip)")
         return AltCLIPConfig.from_dict(altclip)
     raise CLIError(f"--arch must be {', '.join(registry.names())} or local-dir:FOLDER; got {arch!r}")
 
 
-def file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """The shape of every tensor of a checkpoint file, read as ``open_clip.load_checkpoint`` reads it (a
-    ``state_dict`` entry if there is one, a ``module.`` prefix dropped); memory-mapped, no tensor data is read."""
-    import torch
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        if path.suffix == ".safetensors":
-            with safe_open(str(path), framework="pt") as f:
-                return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # the pre-1.6 format cannot be memory-mapped
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, OSError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError) as e:
-        raise ValueError(f"{path} is not a readable checkpoint file: {e}") from e
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} holds no state dict of tensors")
-    return {key.removeprefix("module."): tuple(v.shape) for key, v in state.items() if isinstance(v, torch.Tensor)}
-
-
-def shape_problems(found: dict[str, tuple[int, ...]], config: AltCLIPConfig) -> tuple[list[str], str]:
-    """How the tensors ``found`` (open_clip's core keys, or BAAI/transformers keys) differ from the AltCLIP of
-    ``config``: (problems, one example of the first kind), both empty when they fit. Builds the model on the
-    meta device: no memory, no weights."""
-    import torch
-
-    from ..bridges.hf import HF_TABLE, IGNORED, canonical_key
-    from ..bridges.mapping import export_state_dict
-    from ..core.model import AltCLIP
-
-    with torch.device("meta"):
-        state = AltCLIP(config).state_dict()
-    if any(key.startswith(("text_model.", "vision_model.")) for key in found):  # BAAI/transformers keys
-        found = {canonical_key(k): shape for k, shape in found.items() if canonical_key(k) not in IGNORED}
-        state = export_state_dict(HF_TABLE, state)
-    else:
-        found = {k: shape for k, shape in found.items() if k != "logit_bias"}  # open_clip's optional SigLIP bias
-    expected = {key: tuple(tensor.shape) for key, tensor in state.items()}
-    misshaped = [k for k in expected if k in found and found[k] != expected[k]]
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    problems, example = [], ""
-    if misshaped:
-        problems.append(f"{len(misshaped)} tensor{'s' * (len(misshaped) != 1)} of another shape")
-        k = misshaped[0]
-        example = f"{k} is {list(found[k])} in the file, {list(expected[k])} in the model"
-    if missing:
-        problems.append(f"{len(missing)} missing")
-        example = example or f"{missing[0]} is missing"
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected")
-        example = example or f"{unexpected[0]} is not in the model"
-    return problems, example
-
-
 def check_arch(path: Path, arch: str) -> None:
     """Raise CLIError, in one line, when the checkpoint file ``path`` does not fit the open_clip model ``arch``:
     which tensors differ, one example with both shapes, and which registry architecture fits the file, if any."""
-    found = file_shapes(path)
-    problems, example = shape_problems(found, arch_config(arch))
-    if not problems:
+    from ..bridges.files import tensor_shapes
+    from ..bridges.hf import architecture_mismatch
+
+    found = tensor_shapes(path)
+    mismatch = architecture_mismatch(found, arch_config(arch))
+    if not mismatch:
         return
-    fits = [name for name in registry.names() if not shape_problems(found, registry.config(name))[0]]
+    fits = [name for name in registry.names() if not architecture_mismatch(found, registry.config(name))]
     if fits:
         hint = "it fits " + " or ".join(f"--arch {name}" for name in fits)
     else:
         hint = (f"no registry architecture ({', '.join(registry.names())}) fits it: give --arch local-dir:FOLDER, "
                 "the open_clip folder it was trained from")
-    raise CLIError(f"{path} does not fit --arch {arch}: {', '.join(problems)} (e.g. {example}); {hint}")
+    raise CLIError(f"{path} does not fit --arch {arch}: {mismatch.summary()}; {hint}")
 
 
 def open_clip_weights(folder: Path) -> Path | None:
@@ -139,9 +82,14 @@ def write_baai(source: str, layout: str, folder: Path, arch: str | None = None) 
     """Write ``source`` (in ``layout``) as a BAAI/AltCLIP-layout folder; an open_clip checkpoint
     file is loaded into the open_clip model ``arch``. Shapes are checked before any model is built."""
     if layout == "sentence-transformers":
-        from ..sentence_transformers import load, save_checkpoint
+        from ..sentence_transformers import is_native_folder, load, save_checkpoint
 
-        save_checkpoint(load(source), folder)
+        if is_native_folder(source):  # written by --native: its root is the transformers checkpoint
+            from ..core.model import AltCLIP
+
+            AltCLIP.from_pretrained(Path(source).expanduser()).save_pretrained(folder)
+        else:
+            save_checkpoint(load(source), folder)
     elif layout.startswith("open_clip"):
         import open_clip
 

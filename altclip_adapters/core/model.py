@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import loading
 from ..config import AltCLIPConfig
 from .text import TextTower
 from .vision import VisionTower
@@ -57,25 +58,16 @@ class AltCLIP(nn.Module):
     ) -> AltCLIP:
         """Load from a registry name (``"AltCLIP"``), a hub id (``"BAAI/AltCLIP"``) or a local folder.
 
-        The checkpoint's tokenizer and preprocessing come along as ``model.processor``.
+        The checkpoint's tokenizer and preprocessing come along as ``model.processor``. The work is
+        ``bridges.hf.load_pretrained``'s (reached through :mod:`altclip_adapters.loading`; the core knows no files).
         """
-        from ..bridges.files import resolve_checkpoint
-        from ..bridges.hf import load_hf_checkpoint
-        from ..processor import AltCLIPProcessor
-
-        folder = resolve_checkpoint(name_or_path, revision=revision)
-        model = load_hf_checkpoint(folder, device=device, dtype=dtype)
-        model.processor = AltCLIPProcessor.from_pretrained(folder)
-        return model
+        return loading.bridge().load_pretrained(name_or_path, device=device, dtype=dtype, revision=revision)
 
     def save_pretrained(self, folder: str | Path) -> None:
         """Write a BAAI/AltCLIP-layout folder (config.json, model.safetensors, tokenizer and
-        preprocessor files) that ``transformers.AltCLIPModel`` and ``AltCLIPProcessor`` load."""
-        from ..bridges.hf import save_hf_checkpoint
-
-        save_hf_checkpoint(self, folder)
-        if self.processor is not None:
-            self.processor.save_pretrained(folder)
+        preprocessor files) that ``transformers.AltCLIPModel`` and ``AltCLIPProcessor`` load
+        (``bridges.hf.save_pretrained``)."""
+        loading.bridge().save_pretrained(self, folder)
 
     @property
     def dtype(self) -> torch.dtype:
