@@ -173,6 +173,7 @@ class AltCLIPProcessor:
         """Write the BAAI/AltCLIP tokenizer and preprocessing files: tokenizer.json, tokenizer_config.json,
         special_tokens_map.json, sentencepiece.bpe.model (for slow tokenizers and FlagAI) and
         preprocessor_config.json; ``AltCLIPProcessor`` and transformers load them."""
+        from .atomic import write_json
         from .bridges.files import write_slow_tokenizer_files
 
         folder = Path(folder)
@@ -180,7 +181,7 @@ class AltCLIPProcessor:
         self.tokenizer.save_pretrained(folder)
         write_slow_tokenizer_files(self.tokenizer, folder)
         config = self.image_transform.to_preprocessor_config()
-        (folder / "preprocessor_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        write_json(folder / "preprocessor_config.json", config)
 
     @staticmethod
     def _check_context_length(context_length: int) -> int:

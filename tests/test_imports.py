@@ -27,7 +27,8 @@ RULES = [
     ("registry", ["core", "bridges", "processor", *UPPER]),
     ("atomic", ["config", "registry", "core", "bridges", "processor", "images", *UPPER]),
     ("images", ["config", "registry", "core", "bridges", "processor", *UPPER]),
-    ("inputs", ["config", "registry", "core", "bridges", "processor", "images", *UPPER]),
+    ("inputs", ["config", "registry", "core", "bridges", "processor", *UPPER]),  # finds what the loader opens
+    ("metadata", EVERYTHING),  # the metadata typing rule: standard library only
     ("core", ["bridges", "registry", "processor", *UPPER]),
     ("bridges", UPPER),
 ]
