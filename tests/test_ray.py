@@ -244,7 +244,6 @@ def test_a_killed_actor_is_replaced_and_every_item_is_embedded_once(
                 sources,
                 tmp_path / "emb",
                 model=str(tiny_dir),
-                model_reference=str(tiny_dir),
                 modalities=("image", "text"),
                 dtype="float32",
             )

@@ -155,7 +155,8 @@ def test_embed_folder_writes_the_layout_and_resumes_by_shard(tiny_dir, shard_inp
     (out / "metadata" / "metadata_000001.parquet").unlink()
     assert embed(*argv) == 0
     captured = capsys.readouterr()
-    assert "resuming: 2 of 3 shards already in" in captured.err
+    assert "altclip: shard 1's files do not match its record (a run stopped while changing it); the shard is redone" in captured.err
+    assert f"altclip: 0 new, 0 changed, 0 removed, 8 unchanged images (2 shards of {out} kept as they are)" in captured.err
     assert captured.out.strip() == f"wrote 3 image embedding rows in 1 shard to {out}"
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # the shards already done were not rewritten
     np.testing.assert_allclose(read_embeddings(out)[0], reference[0], atol=1e-5)
@@ -164,11 +165,12 @@ def test_embed_folder_writes_the_layout_and_resumes_by_shard(tiny_dir, shard_inp
     assert capsys.readouterr().out.strip() == f"nothing to do: all 3 shards are already in {out}"
 
 
-def test_embed_folder_refuses_to_resume_over_other_inputs(tiny_dir, shard_inputs, tmp_path, capsys):
+def test_embed_folder_over_other_inputs_updates_it(tiny_dir, shard_inputs, tmp_path, capsys):
     out = tmp_path / "emb"
     assert embed(*shard_inputs["files"][:2], "--out", out, "--model", tiny_dir) == 0
-    assert embed(*shard_inputs["files"][2:4], "--out", out, "--model", tiny_dir) == 1
-    assert "holds shard 0 made from other input" in capsys.readouterr().err
+    assert embed(*shard_inputs["files"][1:4], "--out", out, "--model", tiny_dir) == 0
+    assert "altclip: 2 new, 0 changed, 1 removed, 1 unchanged images" in capsys.readouterr().err
+    assert read_embeddings(out)[1].column("image_path").to_pylist() == list(map(str, shard_inputs["files"][1:4]))
 
 
 def test_embed_tars_gives_image_and_caption_rows_in_one_pass(tiny_dir, shard_inputs, reference, tmp_path, capsys):
@@ -211,7 +213,7 @@ def test_embed_tars_reports_a_truncated_shard_and_finishes_the_rest(tiny_dir, sh
         ],
     )
     out = tmp_path / "emb"
-    assert embed(f"{shards}/{{00000..00002}}.tar", "--out", out, "--model", tiny_dir) == 0
+    assert embed(f"{shards}/{{00000..00002}}.tar", "--out", out, "--model", tiny_dir) == 1  # not whole: not done
     captured = capsys.readouterr()
     assert (
         f"altclip: {shards}/00001.tar: truncated or corrupt after 2 samples (last complete: {shard_inputs['keys'][5]})"
@@ -224,6 +226,23 @@ def test_embed_tars_reports_a_truncated_shard_and_finishes_the_rest(tiny_dir, sh
         "(listed above); 1 truncated shard (listed above) written up to the break"
     )
     assert read_embeddings(out)[1].column("key").to_pylist() == shard_inputs["keys"][:6]
+    assert captured.err.strip().splitlines()[-1] == (
+        f"altclip: error: 1 shard read only partly (truncated input: {shards}/00001.tar); replace the file and rerun: "
+        "the rerun redoes it"
+    )
+
+    # the same truncated file again: nothing to redo, still not done
+    assert embed(f"{shards}/{{00000..00002}}.tar", "--out", out, "--model", tiny_dir) == 1
+    captured = capsys.readouterr()
+    assert captured.out.strip() == f"nothing to do: all 3 shards are already in {out}"
+    assert "1 shard read only partly" in captured.err
+    # re-downloaded (its size and modification time change): that shard alone is redone, whole
+    (shards / "00001.tar").write_bytes(data)
+    assert embed(f"{shards}/{{00000..00002}}.tar", "--out", out, "--model", tiny_dir) == 0
+    captured = capsys.readouterr()
+    assert "altclip: 0 new, 1 changed, 0 removed, 2 unchanged tar files" in captured.err
+    assert captured.out.strip() == f"wrote 4 image and text embedding rows in 1 shard to {out}"
+    assert sorted(read_embeddings(out)[1].column("key").to_pylist()) == shard_inputs["keys"]
 
 
 def test_embed_texts_into_a_folder(tiny_dir, shard_inputs, reference, tmp_path):
@@ -274,7 +293,7 @@ def test_a_shard_that_cannot_be_read_is_reported_and_retried_by_a_rerun(tiny_dir
     assert captured.out.startswith(f"wrote 8 image and text embedding rows in 1 shard to {out}")
     pq.write_table(pq.read_table(shard_inputs["parquet"]), shards / "00001.parquet")  # repaired
     assert embed(f"{shards}/{{00000..00001}}.parquet", "--out", out, "--model", tiny_dir) == 0
-    assert "resuming: 1 of 2 shards already in" in capsys.readouterr().err
+    assert "altclip: 1 new, 0 changed, 0 removed, 1 unchanged parquet files" in capsys.readouterr().err
     assert len(read_embeddings(out)[0]) == 16
 
 
