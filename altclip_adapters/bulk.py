@@ -29,6 +29,7 @@ import json
 import os
 import socket
 import time
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -319,7 +320,7 @@ class _Saved:
                     if emb.shape[1:] != (dim,) or len(done) != len(emb):
                         raise ValueError("shapes do not match")
                     saved.add(m, done, emb, errors)
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # JSONDecodeError is a ValueError
             return cls(dim, modalities), f"{source.name}: saved batches unreadable ({e}); they are redone"
         if source.kind in ("images", "texts") and not unchanged.all():
             first = int(np.argmin(unchanged))

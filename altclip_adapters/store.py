@@ -69,6 +69,21 @@ def shard_name(shard_id: int) -> str:
     return str(int(shard_id)).zfill(SHARD_DIGITS)
 
 
+class _Stream:
+    """A file seen only through ``write``: ``np.save`` then writes with Python calls, which raise on a full disk
+    (given a real file it writes through a duplicated C ``FILE*`` whose failing flush it ignores, leaving a
+    truncated file that the atomic rename would then publish)."""
+
+    def __init__(self, file: Any):
+        self.write = file.write
+
+
+def save_npy(array: np.ndarray) -> Any:
+    """A writer for :func:`altclip_adapters.atomic.write_with` that saves ``array`` as ``.npy``, raising OSError
+    when the disk is full (see :class:`_Stream`)."""
+    return lambda f: np.save(_Stream(f), array)
+
+
 def read_manifest(folder: str | Path) -> dict[str, Any]:
     """The ``altclip.json`` sidecar of an embedding folder: ``{"format_version": int, "model": str,
     "dim": int, "dtype": "float16"|"float32", "modalities": ["image", "text"] (a subset), "layout":
@@ -212,7 +227,7 @@ class EmbeddingWriter:
             prefix = EMBEDDING_DIRS[modality]
             (self.folder / prefix).mkdir(exist_ok=True)
             stored = np.ascontiguousarray(array.astype(self.dtype))
-            write_with(self.folder / prefix / f"{prefix}_{name}.npy", lambda f, a=stored: np.save(f, a))
+            write_with(self.folder / prefix / f"{prefix}_{name}.npy", save_npy(stored))
         (self.folder / "metadata").mkdir(exist_ok=True)
         write_with(self.folder / "metadata" / f"metadata_{name}.parquet", lambda f: pq.write_table(table, f))
 
@@ -394,7 +409,7 @@ def keep_rows(folder: str | Path, shard_id: int, rows: Sequence[int]) -> None:
     for path in paths.values():
         if path.is_file():
             kept = np.ascontiguousarray(np.load(path)[take])
-            write_with(path, lambda f, a=kept: np.save(f, a))
+            write_with(path, save_npy(kept))
     table = pq.read_table(meta)
     if len(take) and take.max() >= table.num_rows:
         raise IndexError(f"{meta} has {table.num_rows} rows; row {int(take.max())} asked for")
@@ -431,7 +446,7 @@ def write_embedding_file(out: str | Path, ids: Sequence[str], embeddings: np.nda
     if len(ids) != len(embeddings):
         raise ValueError(f"{len(ids)} ids for {len(embeddings)} embedding rows")
     if out.suffix == ".npy":
-        write_with(out, lambda f: np.save(f, embeddings))
+        write_with(out, save_npy(embeddings))
         write_json(out.with_suffix(".ids.json"), {**meta, "ids": list(ids)})
         return
     if out.suffix != ".parquet":
