@@ -406,13 +406,12 @@ def keep_rows(folder: str | Path, shard_id: int, rows: Sequence[int]) -> None:
     take = np.asarray(rows, dtype=np.int64)
     paths = _shard_paths(folder, shard_id)
     meta = paths.pop("metadata")
+    table = pq.read_table(meta)
+    if take.min() < 0 or take.max() >= table.num_rows:  # checked before any file changes
+        raise IndexError(f"{meta} has {table.num_rows} rows; row {int(take.max())} asked for")
     for path in paths.values():
         if path.is_file():
-            kept = np.ascontiguousarray(np.load(path)[take])
-            write_with(path, save_npy(kept))
-    table = pq.read_table(meta)
-    if len(take) and take.max() >= table.num_rows:
-        raise IndexError(f"{meta} has {table.num_rows} rows; row {int(take.max())} asked for")
+            write_with(path, save_npy(np.ascontiguousarray(np.load(path)[take])))
     write_with(meta, lambda f: pq.write_table(table.take(take), f))
 
 
