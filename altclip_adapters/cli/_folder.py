@@ -156,7 +156,12 @@ def embed_folder(args: argparse.Namespace, out: Path, *, dtype: str, name: str |
         if not plan.todo:
             return outcome
         items = sum(len(s.keys) for s in plan.todo) if inputs.kind not in ("tar", "parquet") else None
+        done = [0]  # items embedded (a disabled bar counts nothing)
         with tqdm(total=items, unit="item", disable=args.quiet, file=sys.stderr) as bar:
+
+            def progress(n: int) -> None:
+                done[0] += n
+                bar.update(n)
 
             def on_report(report) -> None:
                 bar.clear()
@@ -165,20 +170,20 @@ def embed_folder(args: argparse.Namespace, out: Path, *, dtype: str, name: str |
                 if report.error:
                     warn(report.error)
                 if args.ray is not None:
-                    bar.update(report.items)
+                    progress(report.items)
                 outcome.reports.append(report)
 
             try:
                 if args.ray is None:
                     embedder = load_embedder(args.model, args)
                     worker = ShardEmbedder(embedder, out, model=reference, modalities=embedded, dtype=dtype,
-                                           progress=bar.update)
+                                           progress=progress)
                     run_here(worker, plan.todo, on_report)
                 else:
                     _run_on_ray(args, out, plan.todo, reference, embedded, dtype, on_report)
             except KeyboardInterrupt:
                 raise Interrupted(
-                    f"interrupted: {bar.n:,} of {items if items is not None else 'the'} items embedded are kept in "
+                    f"interrupted: {done[0]:,} of {f'{items:,}' if items is not None else 'the'} items embedded are kept in "
                     f"{name}; run the same command to resume"
                 ) from None
         warn(f"time per stage: {stage_summary(outcome.reports)}")
