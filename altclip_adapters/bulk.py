@@ -214,9 +214,12 @@ def update(folder: str | Path, inputs: Inputs, *, shard_size: int) -> Update:
         keys, tokens = record["keys"], record["tokens"]
         ok = [k in current and current[k][1] == t and k not in claimed for k, t in zip(keys, tokens)]
         for key, good in zip(keys, ok):
-            if not good:
-                (changed.add(key) if key in current and key not in claimed else None)
-                plan.counts["removed"] += key not in current
+            if good:
+                continue
+            if key not in current:
+                plan.counts["removed"] += 1
+            elif key not in claimed:
+                changed.add(key)
         plan.counts["unchanged"] += sum(ok)
         claimed.update(k for k, good in zip(keys, ok) if good)
         if not _check_files(folder, shard_id, record):  # redone whole, under its own number, with what stays of it
