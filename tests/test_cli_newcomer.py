@@ -60,7 +60,7 @@ def test_help_imports_nothing_heavy(argv):
     "argv, message",
     [
         (["embed", "{tmp}/missing", "--out", "{tmp}/x.npy"], "no such file or folder: {tmp}/missing"),
-        (["embed", "{tmp}/missing.txt", "--out", "{tmp}/x.npy"], "no such file: {tmp}/missing.txt"),
+        (["embed", "{tmp}/missing.txt", "--out", "{tmp}/x.npy"], "no such file or folder: {tmp}/missing.txt"),
         (["embed", "{tmp}/lines.txt", "--out", "{tmp}/x.csv"], "--out must end in .npy or .parquet"),
         (["embed", "{tmp}/lines.txt", "--out", "{tmp}/x.npy", "--model", "{tmp}/no-model"], "not a local folder"),
         (["search", "{tmp}/missing.npy", "cat"], "no such index file"),

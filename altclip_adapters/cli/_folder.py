@@ -157,6 +157,7 @@ def embed_folder(args: argparse.Namespace, out: Path, *, dtype: str, name: str |
             return outcome
         items = sum(len(s.keys) for s in plan.todo) if inputs.kind not in ("tar", "parquet") else None
         done = [0]  # items embedded (a disabled bar counts nothing)
+        embedder = load_embedder(args.model, args) if args.ray is None else None  # a model that fails: no bar drawn
         with tqdm(total=items, unit="item", disable=args.quiet, file=sys.stderr) as bar:
 
             def progress(n: int) -> None:
@@ -174,8 +175,7 @@ def embed_folder(args: argparse.Namespace, out: Path, *, dtype: str, name: str |
                 outcome.reports.append(report)
 
             try:
-                if args.ray is None:
-                    embedder = load_embedder(args.model, args)
+                if embedder is not None:
                     worker = ShardEmbedder(embedder, out, model=reference, modalities=embedded, dtype=dtype,
                                            progress=progress)
                     run_here(worker, plan.todo, on_report)
