@@ -256,15 +256,15 @@ def run(
              "tokens": list(s.tokens)} for s in sources]
     ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
         _ShardActor,
-        fn_constructor_kwargs=dict(
-            model=model,
-            folder=str(Path(folder).resolve()),
-            modalities=tuple(modalities),
-            dtype=dtype,
-            device="cuda" if gpu else "cpu",
-            num_threads=None if gpu else num_cpus,
-            embedder_kwargs=dict(embedder_kwargs or {}),
-        ),
+        fn_constructor_kwargs={
+            "model": model,
+            "folder": str(Path(folder).resolve()),
+            "modalities": tuple(modalities),
+            "dtype": dtype,
+            "device": "cuda" if gpu else "cpu",
+            "num_threads": None if gpu else num_cpus,
+            "embedder_kwargs": dict(embedder_kwargs or {}),
+        },
         batch_size=1,
         # one shard in flight per actor: a lost or slow actor holds back one shard, not a queue of them
         compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),

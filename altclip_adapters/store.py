@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
-from .atomic import write_json, write_with
+from .atomic import write_bytes, write_json, write_with
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -217,9 +217,7 @@ class EmbeddingWriter:
             raise ValueError(f"image and text embeddings differ in dim: {dims['image']} and {dims['text']}")
         self._claim_manifest(next(iter(dims.values())), list(arrays))
         if table.num_rows == 0:
-            empty = self.folder / _EMPTY_DIR
-            empty.mkdir(exist_ok=True)
-            (empty / name).touch()
+            write_bytes(self.folder / _EMPTY_DIR / name, b"")
             return
         import pyarrow.parquet as pq
 

@@ -181,7 +181,7 @@ def test_a_full_disk_never_leaves_a_truncated_file(tiny_dir, tmp_path, capsys):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "altclip_adapters.cli", "embed", str(photos), "--out", str(out), "--model",
                str(tiny_dir), "--quiet", "--device", "cpu"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, preexec_fn=limit, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, preexec_fn=limit, env=env, check=False)
     assert done.returncode == 1, done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("altclip: error: [Errno 27] File too large")
     assert not out.exists() and not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".index.npy.*.tmp"))
@@ -214,8 +214,9 @@ def test_a_second_writer_gets_one_line(tiny_dir, shard_inputs, tmp_path, capsys)
     with lock(out):  # another process's open file description: flock excludes it as it would another process
         assert embed(shard_inputs["root"] / "images", "--out", out, "--model", tiny_dir) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"altclip: error: {out} is being written by another process (it holds {out / 'altclip.lock'}): "
-                   "wait for that run to end"]
+    assert err == [
+        f"altclip: error: {out} is being written by another process (it holds {out / 'altclip.lock'}): wait for that run to end"
+    ]
     assert not (out / "img_emb").exists()
     assert embed(shard_inputs["root"] / "images", "--out", tmp_path / "x.npy", "--model", tiny_dir) == 0
     with lock(tmp_path / ".x.npy.altclip"):
