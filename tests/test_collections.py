@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from conftest import make_images, write_tar
+from PIL import Image
 
 from altclip_adapters.cli import main
 from altclip_adapters.store import lock, read_embeddings, shards
@@ -248,31 +249,42 @@ def _stop_mid_shard(argv: list[str], sig: int, total: int) -> tuple[int, str]:
     return status, "".join(err)
 
 
+def big_picture(path: Path) -> None:
+    """A 3000x3000 PNG (270 KB: smooth gradients) that takes a good fraction of a second to decode and resize."""
+    x = np.linspace(0, 255, 3000, dtype=np.float32)
+    pixels = np.stack([np.add.outer(x, x) / 2, np.add.outer(x, -x) % 256, np.outer(np.ones(3000), x)], -1)
+    Image.fromarray(pixels.astype(np.uint8)).save(path)
+
+
 @pytest.mark.parametrize("sig, output", [(signal.SIGINT, "emb"), (signal.SIGTERM, "index.npy")])
-def test_stopped_mid_shard_the_rerun_reuses_the_finished_batches_bit_for_bit(tiny_dir, tmp_path, capsys, sig, output):
-    lines = tmp_path / "captions.txt"
-    words = ["cat", "dog", "photo", "一只", "猫", "red", "blue", "Hund"]
-    rng = np.random.default_rng(0)
-    lines.write_text("\n".join(" ".join(rng.choice(words, rng.integers(2, 12))) + f" {i}" for i in range(80)),
-                     encoding="utf-8")
+def test_stopped_mid_shard_the_rerun_reuses_the_finished_batches_bit_for_bit(tiny_dir, tmp_path, sig, output):
+    """One shard of 4 small images and 8 slow ones, 2 a batch: the signal comes once the bar passes 4 items, while
+    at least 3 batches of slow images are left, whatever the machine's speed."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, image in enumerate(make_images(4, seed=9)):
+        image.save(photos / f"{i:02d}.png")
+    big_picture(photos / "04.png")
+    for i in range(5, 12):
+        shutil.copy(photos / "04.png", photos / f"{i:02d}.png")
     out = tmp_path / output
     common = ["--model", str(tiny_dir), "--batch-size", "2", "--device", "cpu", "--store-dtype", "float16"]
-    status, err = _stop_mid_shard([str(lines), "--out", str(out), *common], sig, 80)
+    status, err = _stop_mid_shard([str(photos), "--out", str(out), *common], sig, 12)
     assert status == 130, err
-    kept = re.search(r"altclip: interrupted: (\d+) of 80 items embedded are kept in .*; run the same command to resume",
+    kept = re.search(r"altclip: interrupted: (\d+) of 12 items embedded are kept in .*; run the same command to resume",
                      err)
-    assert kept and 4 <= int(kept.group(1)) < 80, err
+    assert kept and 4 <= int(kept.group(1)) < 12, err
     state = out if output == "emb" else tmp_path / ".index.npy.altclip"
     assert (state / "altclip_run" / "partial" / "000000.npz").is_file()
     assert not (out.exists() and output != "emb")
 
-    assert main(["embed", str(lines), "--out", str(out), *common, "--quiet"]) == 0
+    assert main(["embed", str(photos), "--out", str(out), *common, "--quiet"]) == 0
     clean = tmp_path / ("clean" if output == "emb" else "clean.npy")
-    assert main(["embed", str(lines), "--out", str(clean), *common, "--quiet"]) == 0
+    assert main(["embed", str(photos), "--out", str(clean), *common, "--quiet"]) == 0
     record = json.loads((state / "altclip_run" / "shards" / "000000.json").read_text())
     assert record["report"]["resumed"] == int(kept.group(1))
     if output == "emb":
-        name = "text_emb/text_emb_000000.npy"
+        name = "img_emb/img_emb_000000.npy"
         assert (out / name).read_bytes() == (clean / name).read_bytes()
         assert pq.read_table(out / "metadata" / "metadata_000000.parquet").equals(
             pq.read_table(clean / "metadata" / "metadata_000000.parquet"))
