@@ -224,6 +224,25 @@ def test_a_second_writer_gets_one_line(tiny_dir, shard_inputs, tmp_path, capsys)
         assert embed(shard_inputs["root"] / "images", "--out", tmp_path / "x.npy", "--model", tiny_dir) == 1
 
 
+def test_a_folder_of_other_inputs_is_refused_in_one_line(tiny_dir, shard_inputs, tmp_path, capsys):
+    from altclip_adapters.store import EmbeddingWriter
+
+    out, lines = tmp_path / "emb", tmp_path / "captions.txt"
+    lines.write_text("a cat\n", encoding="utf-8")
+    assert embed(shard_inputs["root"] / "images", "--out", out, "--model", tiny_dir) == 0
+    capsys.readouterr()
+    assert embed(lines, "--out", out, "--model", tiny_dir) == 1
+    assert capsys.readouterr().err == (
+        f"altclip: error: {out} holds embeddings of images; these inputs are text lines: write to a new folder\n"
+    )
+    foreign = tmp_path / "foreign"  # shards written by another tool: no run records to update them by
+    writer = EmbeddingWriter(foreign, model=str(tiny_dir.resolve()), dtype="float16")
+    writer.write_shard(0, image_embeddings=np.eye(1, 16, dtype=np.float32), metadata=[{"image_path": "x.png"}])
+    assert embed(shard_inputs["root"] / "images", "--out", foreign, "--model", tiny_dir) == 1
+    assert "holds shards without altclip's run records" in capsys.readouterr().err
+    assert len(read_embeddings(foreign)[0]) == 1  # untouched
+
+
 # stopped mid-shard: nothing lost, bit for bit ------------------------------------------------------------
 def _stop_mid_shard(argv: list[str], sig: int, total: int) -> tuple[int, str]:
     """Run ``altclip embed argv`` in a subprocess, send ``sig`` once its progress bar passes 4 items (of one shard

@@ -136,6 +136,20 @@ def test_shard_fingerprint_changes_with_its_items():
     assert one.fingerprint() != ShardSource(0, "images", None, ("a.jpg", "c.jpg")).fingerprint()
 
 
+def test_an_item_is_its_path_size_and_modification_time(shard_inputs, tmp_path):
+    from altclip_adapters.shards import collect
+
+    tar = tmp_path / "a.tar"
+    tar.write_bytes(shard_inputs["tars"][0].read_bytes())
+    before = collect([str(tar)])
+    assert before.keys == (str(tar.resolve()),) and before.tokens[0].startswith(f"{tar.stat().st_size}:")
+    tar.write_bytes(tar.read_bytes()[:-1024])  # cut short (as a download that stopped)
+    assert collect([str(tar)]).tokens != before.tokens
+    lines = tmp_path / "lines.txt"
+    lines.write_text("a\nb\na\n", encoding="utf-8")
+    assert collect([str(lines)]).keys == ("a", "b", "a\x001")  # a repeated line is one item per repeat
+
+
 # altclip embed --out DIR ------------------------------------------------------------------------------
 def test_embed_folder_writes_the_layout_and_resumes_by_shard(tiny_dir, shard_inputs, reference, tmp_path, capsys):
     out = tmp_path / "emb"
