@@ -395,12 +395,14 @@ def delete_shard(folder: str | Path, shard_id: int) -> None:
 def keep_rows(folder: str | Path, shard_id: int, rows: Sequence[int]) -> None:
     """Rewrite shard ``shard_id`` with only ``rows`` (row numbers within the shard, in the order given), each file
     atomically and the metadata last; the stored values are copied bit for bit (nothing is re-embedded or
-    renormalised). No rows left: the shard is deleted (:func:`delete_shard`). IndexError for a row out of range."""
+    renormalised). No rows left: the shard becomes an empty one (its files removed, the empty marker written, as
+    :meth:`EmbeddingWriter.write_shard` does for a shard without rows). IndexError for a row out of range."""
     import pyarrow.parquet as pq
 
     folder = Path(folder)
     if not len(rows):
-        return delete_shard(folder, shard_id)
+        delete_shard(folder, shard_id)
+        return write_bytes(folder / _EMPTY_DIR / shard_name(shard_id), b"")
     take = np.asarray(rows, dtype=np.int64)
     paths = _shard_paths(folder, shard_id)
     meta = paths.pop("metadata")

@@ -107,6 +107,21 @@ def test_an_image_folder_update_embeds_only_what_changed(tiny_dir, tmp_path, cap
     assert list(vectors(out)) == [str(photos / "00.png")] and sorted(s.shard_id for s in shards(out)) == [0]
 
 
+def test_a_shard_left_with_only_unreadable_items_stays_empty(tiny_dir, tmp_path, capsys):
+    photos, out = tmp_path / "photos", tmp_path / "emb"
+    photos.mkdir()
+    make_images(1, seed=4)[0].save(photos / "a.png")
+    (photos / "b.png").write_bytes(b"not a picture")
+    argv = (photos, "--out", out, "--model", tiny_dir, "--shard-size", "2")
+    assert embed(*argv) == 0
+    (photos / "a.png").unlink()
+    assert embed(*argv) == 0
+    assert "0 new, 0 changed, 1 removed, 1 unchanged images" in capsys.readouterr().err
+    assert embed(*argv) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == f"nothing to do: its one shard is already in {out}" and "redone" not in captured.err
+
+
 def test_a_text_file_update_equals_a_run_from_scratch(tiny_dir, tmp_path, capsys):
     lines, out, scratch = tmp_path / "captions.txt", tmp_path / "emb", tmp_path / "scratch"
     lines.write_text("a cat\na dog\n一只猫\na cat\nein Hund\n", encoding="utf-8")

@@ -281,8 +281,10 @@ def test_keep_rows_copies_the_stored_values_bit_for_bit(tmp_path):
     assert shard_rows(out, 3) == {"image": 3, "text": 3, "metadata": 3} and shards(out)[0].fingerprint != before
     with pytest.raises(IndexError, match="has 3 rows; row 7 asked for"):
         keep_rows(out, 3, [7])
-    keep_rows(out, 3, [])  # nothing left: the shard goes
-    assert done_shards(out) == set() and not list(out.rglob("*_000003.*"))
+    keep_rows(out, 3, [])  # no row left: an empty shard, as write_shard leaves one
+    assert done_shards(out) == {3} and not list(out.rglob("*_000003.*")) and shard_rows(out, 3) == {"metadata": 0}
+    delete_shard(out, 3)
+    assert done_shards(out) == set()
     writer.write_shard(4, image_embeddings=unit_rows(0, 8, 1), text_embeddings=unit_rows(0, 8, 1), metadata=[])
     assert shard_rows(out, 4) == {"metadata": 0}
     delete_shard(out, 4)

@@ -212,7 +212,8 @@ def run(args: argparse.Namespace, out: Path) -> None:
     outcome = embed_folder(args, out, dtype=args.store_dtype)
     if not outcome.plan.todo:
         if not outcome.plan.changes:
-            print(f"nothing to do: all {count(outcome.plan.kept, 'shard')} are already in {out}")
+            kept = outcome.plan.kept
+            print(f"nothing to do: {f'all {kept:,} shards are' if kept != 1 else 'its one shard is'} already in {out}")
         else:
             print(f"updated {out}: {outcome.plan.summary(outcome.inputs.kind)}")
         return check_outcome(outcome)
