@@ -50,6 +50,7 @@ RUN_DIR = "altclip_run"
 RECORD_FORMAT = 1
 STAGES = ("read", "decode", "embed", "write")  # per-stage seconds in every report
 SAVE_ITEMS, SAVE_SECONDS = 4096, 60.0  # a shard in progress keeps at most this much unsaved work
+COMPACT_AT = 8  # this many shards of image files or text lines under half --shard-size are merged into full ones
 FILE_KINDS = ("tar", "parquet")  # one input file, one shard, one item
 NOUNS = {"tar": "tar files", "parquet": "parquet files", "images": "images", "texts": "text lines"}
 
@@ -141,7 +142,8 @@ def rows_by_key(folder: str | Path) -> dict[str, tuple[int, int]]:
 class Update:
     """What a run over new inputs does to a folder (see :func:`update`): ``todo`` (shards to embed), ``keep``
     (shard id -> rows to keep, for shards that lost items), ``drop`` (shards to delete), ``counts`` (items:
-    ``new``, ``changed``, ``removed``, ``unchanged``), ``kept`` (shards left as they are), ``incomplete``
+    ``new``, ``changed``, ``removed``, ``unchanged``), ``kept`` (shards left as they are), ``merge`` (new shard
+    id -> the small unchanged shards compacted into it, in order), ``incomplete``
     (recorded shards whose input was read only partly and has not changed since), ``notes`` (state discarded,
     one line each), and whether the folder held a previous run (``previous``)."""
 
@@ -150,6 +152,7 @@ class Update:
     drop: list[int] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("new", "changed", "removed", "unchanged"), 0))
     kept: int = 0
+    merge: dict[int, list[int]] = field(default_factory=dict)
     incomplete: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     previous: bool = False
@@ -162,7 +165,7 @@ class Update:
 
     @property
     def changes(self) -> bool:
-        return bool(self.todo or self.keep or self.drop)
+        return bool(self.todo or self.keep or self.drop or self.merge)
 
 
 def _check_files(folder: Path, shard_id: int, record: dict[str, Any]) -> bool:
@@ -249,14 +252,52 @@ def update(folder: str | Path, inputs: Inputs, *, shard_size: int) -> Update:
     plan.counts["changed"] = len(changed)
     plan.counts["new"] = len(positions) - len(changed)
     taken = [s for s in records if s not in plan.drop] + [s.shard_id for s in redo]
-    plan.todo = redo + inputs.shards(positions, max(taken, default=-1) + 1, shard_size)
+    next_id = _plan_compaction(plan, records, inputs.kind, shard_size, max(taken, default=-1) + 1)
+    plan.todo = redo + inputs.shards(positions, next_id, shard_size)
     return plan
 
 
+def _plan_compaction(plan: Update, records: dict[int, dict[str, Any]], kind: str, shard_size: int, next_id: int) -> int:
+    """Once :data:`COMPACT_AT` unchanged shards of image files or text lines hold under half ``shard_size`` items
+    each (what many small updates leave), plan to merge them, in shard order, into new shards of at most
+    ``shard_size`` items numbered from ``next_id`` (``plan.merge``); returns the next free shard id."""
+    if kind in FILE_KINDS:
+        return next_id
+    gone = set(plan.drop) | set(plan.keep)
+    small = [s for s in sorted(records) if s not in gone and len(records[s]["keys"]) < shard_size / 2]
+    if len(small) < COMPACT_AT:
+        return next_id
+    groups: list[list[int]] = [[]]
+    for shard_id in small:
+        if groups[-1] and sum(len(records[s]["keys"]) for s in groups[-1]) + len(records[shard_id]["keys"]) > shard_size:
+            groups.append([])
+        groups[-1].append(shard_id)
+    for group in (g for g in groups if len(g) > 1):
+        plan.merge[next_id] = group
+        plan._records[next_id] = _merged_record(next_id, [records[s] for s in group])
+        plan.kept -= len(group)
+        next_id += 1
+    return next_id
+
+
+def _merged_record(shard_id: int, parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The record of a shard made of ``parts``' rows, in order."""
+    row_items, offset = [], 0
+    for part in parts:
+        row_items += [offset + j for j in part["row_items"]]
+        offset += len(part["keys"])
+    rows = sum(part["rows"] for part in parts)
+    report = ShardReport(shard_id, f"shard {shard_id} (compacted from shards {', '.join(str(p['shard_id']) for p in parts)})", rows)
+    return {**parts[0], "shard_id": shard_id, "keys": [k for p in parts for k in p["keys"]],
+            "tokens": [t for p in parts for t in p["tokens"]], "row_items": row_items, "rows": rows,
+            "complete": all(p["complete"] for p in parts), "report": report.to_dict()}
+
+
 def apply(folder: str | Path, plan: Update) -> None:
-    """Delete and rewrite the shards ``plan`` says (files first, then the record), and forget saved batches
-    of shards the plan does not embed."""
-    from .store import delete_shard, keep_rows
+    """Delete, rewrite and merge the shards ``plan`` says (files first, then the record; a merged shard is
+    recorded before its sources are deleted: a run stopped in between leaves rows twice, and the next
+    :func:`update` drops the later copy), and forget saved batches of shards the plan does not embed."""
+    from .store import delete_shard, keep_rows, merge_shards
 
     folder = Path(folder)
     for shard_id in plan.drop:
@@ -265,6 +306,12 @@ def apply(folder: str | Path, plan: Update) -> None:
     for shard_id, rows in plan.keep.items():
         keep_rows(folder, shard_id, rows)
         write_json(_record_path(folder, shard_id), plan._records[shard_id])
+    for target, sources in plan.merge.items():
+        merge_shards(folder, sources, target)
+        write_json(_record_path(folder, target), plan._records[target])
+        for shard_id in sources:
+            delete_shard(folder, shard_id)
+            _record_path(folder, shard_id).unlink(missing_ok=True)
     todo = {s.shard_id for s in plan.todo}
     for path in (folder / RUN_DIR / "partial").glob("*.npz"):
         if not path.stem.isdigit() or int(path.stem) not in todo:

@@ -415,6 +415,27 @@ def keep_rows(folder: str | Path, shard_id: int, rows: Sequence[int]) -> None:
     write_with(meta, lambda f: pq.write_table(table.take(take), f))
 
 
+def merge_shards(folder: str | Path, shard_ids: Sequence[int], target: int) -> None:
+    """Write shard ``target`` with the rows of ``shard_ids`` in that order, the stored values copied bit for bit
+    (each file atomically, metadata last; metadata columns unified as :func:`read_metadata` does). The sources
+    are left as they are: the caller deletes them once the new shard is recorded."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    sources = [_shard_paths(folder, s) for s in shard_ids]
+    out = _shard_paths(folder, target)
+    tables = [pq.read_table(p["metadata"]) for p in sources if p["metadata"].is_file()]
+    if not tables:  # only empty shards
+        return write_bytes(folder / _EMPTY_DIR / shard_name(target), b"")
+    for modality in EMBEDDING_DIRS:
+        arrays = [np.load(p[modality]) for p in sources if p[modality].is_file()]
+        if arrays:
+            write_with(out[modality], save_npy(np.concatenate(arrays)))
+    table = pa.concat_tables(tables, promote_options="permissive")
+    write_with(out["metadata"], lambda f: pq.write_table(table, f))
+
+
 @contextmanager
 def lock(folder: str | Path) -> Iterator[None]:
     """Hold the folder's writer lock (``fcntl.flock`` on ``DIR/altclip.lock``) for the block: one run writes a

@@ -122,6 +122,26 @@ def test_a_shard_left_with_only_unreadable_items_stays_empty(tiny_dir, tmp_path,
     assert captured.out.strip() == f"nothing to do: its one shard is already in {out}" and "redone" not in captured.err
 
 
+def test_many_small_updates_are_compacted(tiny_dir, tmp_path, capsys):
+    photos, out, scratch = tmp_path / "photos", tmp_path / "emb", tmp_path / "scratch"
+    photos.mkdir()
+    argv = (photos, "--out", out, "--model", tiny_dir, "--shard-size", "4", "--store-dtype", "float32")
+    for i, image in enumerate(make_images(10, seed=6)):  # one picture a run: one small shard each
+        image.save(photos / f"{i:02d}.png")
+        assert embed(*argv) == 0
+    err = capsys.readouterr().err
+    assert "altclip: compacting 4 small shards into shard 8" in err and "compacting 4 small shards into shard 9" in err
+    assert sorted(s.shard_id for s in shards(out)) == [8, 9, 10, 11]  # 0-7 merged (4 items each), then 10 and 11 new
+    assert [s.rows for s in shards(out)] == [4, 4, 1, 1]
+    record = json.loads((out / "altclip_run" / "shards" / "000008.json").read_text())
+    assert record["keys"] == [str((photos / f"{i:02d}.png").resolve()) for i in range(4)] and record["rows"] == 4
+    assert embed(photos, "--out", scratch, "--model", tiny_dir, "--store-dtype", "float32") == 0
+    assert_same_collection(out, scratch)
+    capsys.readouterr()
+    assert embed(*argv) == 0
+    assert capsys.readouterr().out.strip() == f"nothing to do: all 4 shards are already in {out}"
+
+
 def test_a_text_file_update_equals_a_run_from_scratch(tiny_dir, tmp_path, capsys):
     lines, out, scratch = tmp_path / "captions.txt", tmp_path / "emb", tmp_path / "scratch"
     lines.write_text("a cat\na dog\n一只猫\na cat\nein Hund\n", encoding="utf-8")

@@ -152,6 +152,8 @@ def embed_folder(args: argparse.Namespace, out: Path, *, dtype: str, name: str |
             warn(note)
         if plan.previous:
             warn(f"{plan.summary(inputs.kind)} ({count(plan.kept, 'shard')} of {name} kept as they are)")
+        for target, sources in plan.merge.items():
+            warn(f"compacting {count(len(sources), 'small shard')} into shard {target}")
         apply(out, plan)
         if not plan.todo:
             return outcome
