@@ -142,6 +142,26 @@ def test_many_small_updates_are_compacted(tiny_dir, tmp_path, capsys):
     assert capsys.readouterr().out.strip() == f"nothing to do: all 4 shards are already in {out}"
 
 
+def test_a_stop_between_a_merge_and_its_deletions_leaves_no_row_twice(tiny_dir, tmp_path, capsys):
+    photos, out, scratch = tmp_path / "photos", tmp_path / "emb", tmp_path / "scratch"
+    photos.mkdir()
+    argv = (photos, "--out", out, "--model", tiny_dir, "--shard-size", "4", "--store-dtype", "float32")
+    for i, image in enumerate(make_images(9, seed=8)):
+        if i == 8:
+            shutil.copytree(out, tmp_path / "before")
+        image.save(photos / f"{i:02d}.png")
+        assert embed(*argv) == 0
+    # as if the run had stopped after recording merged shard 8, before deleting shard 0
+    for path in (tmp_path / "before").rglob("*000000.*"):
+        shutil.copy(path, out / path.relative_to(tmp_path / "before"))
+    assert len(read_embeddings(out)[0]) == 10  # 00.png twice
+    capsys.readouterr()
+    assert embed(*argv) == 0
+    assert "0 new, 0 changed, 0 removed, 9 unchanged images" in capsys.readouterr().err
+    assert embed(photos, "--out", scratch, "--model", tiny_dir, "--store-dtype", "float32") == 0
+    assert_same_collection(out, scratch)  # each picture once
+
+
 def test_a_text_file_update_equals_a_run_from_scratch(tiny_dir, tmp_path, capsys):
     lines, out, scratch = tmp_path / "captions.txt", tmp_path / "emb", tmp_path / "scratch"
     lines.write_text("a cat\na dog\n一只猫\na cat\nein Hund\n", encoding="utf-8")
