@@ -1,5 +1,5 @@
 """Shard inputs (webdataset tars, img2dataset parquet, chunks of files and lines) and ``altclip embed --out DIR``
-(clip-retrieval's layout, resumable by shard), in one process. The same runs on Ray: tests/test_ray.py."""
+(clip-retrieval's layout, incremental and resumable), in one process. The same runs on Ray: tests/test_ray.py."""
 
 from __future__ import annotations
 

@@ -38,8 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..shards import SHARD_SIZE
 
     p.epilog += (
-        "\n\nembedding folders (clip-retrieval's layout: img_emb/, text_emb/, metadata/), incremental: a rerun embeds only\n"
-        "new and changed items (a file's path, size and modification time), drops removed ones, and resumes a stopped run:\n"
+        "\n\nembedding folders (clip-retrieval's layout: img_emb/, text_emb/, metadata/):\n"
         "  altclip embed photos/ --out photos-emb    # --out without a suffix: a folder, 10,000 images a shard\n"
         "  altclip embed 'shards/{00000..00099}.tar' --out laion-emb    # webdataset: each sample's image and caption\n"
         "  altclip embed img2dataset-out/*.parquet --out emb --ray    # on a local Ray; --ray=auto joins a cluster"
