@@ -206,16 +206,26 @@ def add_embeddings(
     )
 
 
+def resources(num_gpus: float, num_cpus: float | None) -> tuple[dict[str, float], float | None]:
+    """(the resource keywords of ``map_batches``, the CPUs each actor gets): ``num_gpus > 0`` asks for GPUs (and
+    ``num_cpus`` when given); otherwise CPUs only, 1 by default (``num_gpus=0`` would still be read as a GPU request)."""
+    gpu = bool(num_gpus and num_gpus > 0)
+    if not gpu and num_cpus is None:
+        num_cpus = 1
+    found = {"num_gpus": num_gpus} if gpu else {}
+    return found | ({"num_cpus": num_cpus} if num_cpus is not None else {}), num_cpus
+
+
 class _ShardActor:
-    """The Ray actor of :func:`run`: a :class:`~altclip_adapters.bulk.ShardEmbedder` per actor; one
-    input shard per row in (``shard_id``, ``kind``, ``path``, ``items``), one JSON report per row out."""
+    """The Ray actor of :func:`run`: a :class:`~altclip_adapters.bulk.ShardEmbedder` per actor; one input
+    shard per row in (``shard_id``, ``kind``, ``path``, ``items``, ``keys``, ``tokens``), one JSON report per
+    row out."""
 
     def __init__(
         self,
         model: str,
         folder: str,
         *,
-        model_reference: str,
         modalities: Sequence[str],
         dtype: str,
         device: str,
@@ -223,14 +233,16 @@ class _ShardActor:
         embedder_kwargs: dict[str, Any],
     ):
         embedder = _embedder(model, device, num_threads, embedder_kwargs)
-        self.worker = ShardEmbedder(embedder, folder, model=model_reference, modalities=modalities, dtype=dtype)
+        self.worker = ShardEmbedder(embedder, folder, model=model, modalities=modalities, dtype=dtype)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import numpy as np
 
         reports = []
-        for shard_id, kind, path, items in zip(batch["shard_id"], batch["kind"], batch["path"], batch["items"]):
-            source = ShardSource(int(shard_id), str(kind), None if path is None else str(path), tuple(map(str, items)))
+        columns = zip(batch["shard_id"], batch["kind"], batch["path"], batch["items"], batch["keys"], batch["tokens"])
+        for shard_id, kind, path, items, keys, tokens in columns:
+            source = ShardSource(int(shard_id), str(kind), None if path is None else str(path), tuple(map(str, items)),
+                                 tuple(map(str, keys)), tuple(map(str, tokens)))
             reports.append(json.dumps(self.worker(source).to_dict(), ensure_ascii=False))
         return {"report": np.array(reports, dtype=object)}
 
@@ -240,7 +252,6 @@ def run(
     folder: str | Path,
     *,
     model: str,
-    model_reference: str,
     modalities: Sequence[str],
     dtype: str = "float16",
     actors: int = 1,
@@ -252,36 +263,34 @@ def run(
     """Embed ``sources`` into the embedding folder ``folder`` on the Ray cluster this process is connected
     to (``ray.init`` first): ``actors`` actors, each with ``num_gpus`` GPUs (bf16 there by default) or
     ``num_cpus`` CPUs (default 1), each holding one model and embedding one shard at a time; ``folder`` must
-    be reachable at the same path from every node (a shared file system). ``model`` is what the actors load,
-    ``model_reference`` what the folder records. Returns one report per shard (also given to ``on_report``
-    as each arrives, in completion order).
+    be reachable at the same path from every node (a shared file system). ``model`` is what the actors load
+    and what the folder records (a registry name, hub id or absolute folder). Returns one report per shard
+    (also given to ``on_report`` as each arrives, in completion order). The shards' records and saved
+    batches are those of an in-process run (:mod:`altclip_adapters.bulk`), so either kind of run resumes
+    and updates the other's folder.
     """
     ray = _import_ray()
     if not sources:
         return []
-    gpu = bool(num_gpus and num_gpus > 0)
-    if not gpu and num_cpus is None:
-        num_cpus = 1
-    resources = {"num_gpus": num_gpus} if gpu else {}
-    if num_cpus is not None:
-        resources["num_cpus"] = num_cpus
-    rows = [{"shard_id": s.shard_id, "kind": s.kind, "path": s.path, "items": list(s.items)} for s in sources]
+    options, num_cpus = resources(num_gpus, num_cpus)
+    gpu = "num_gpus" in options
+    rows = [{"shard_id": s.shard_id, "kind": s.kind, "path": s.path, "items": list(s.items), "keys": list(s.keys),
+             "tokens": list(s.tokens)} for s in sources]
     ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
         _ShardActor,
-        fn_constructor_kwargs=dict(
-            model=model,
-            folder=str(Path(folder).resolve()),
-            model_reference=model_reference,
-            modalities=tuple(modalities),
-            dtype=dtype,
-            device="cuda" if gpu else "cpu",
-            num_threads=None if gpu else num_cpus,
-            embedder_kwargs=dict(embedder_kwargs or {}),
-        ),
+        fn_constructor_kwargs={
+            "model": model,
+            "folder": str(Path(folder).resolve()),
+            "modalities": tuple(modalities),
+            "dtype": dtype,
+            "device": "cuda" if gpu else "cpu",
+            "num_threads": None if gpu else num_cpus,
+            "embedder_kwargs": dict(embedder_kwargs or {}),
+        },
         batch_size=1,
         # one shard in flight per actor: a lost or slow actor holds back one shard, not a queue of them
         compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
-        **resources,
+        **options,
     )
     reports = []
     for row in ds.iter_rows():

@@ -84,12 +84,16 @@ class Shard:
 @dataclass(frozen=True)
 class ShardSource:
     """What one input shard is: a ``tar`` or ``parquet`` file (``path``), or a chunk of ``images`` (file
-    paths) or ``texts`` (lines) held in ``items``."""
+    paths) or ``texts`` (lines) held in ``items``. ``keys`` and ``tokens`` are its items' identities (see
+    :class:`Inputs`; one of each for a tar or parquet file: the file's), what the run records for each shard
+    so that a rerun knows what changed."""
 
     shard_id: int
     kind: str
     path: str | None = None
     items: tuple[str, ...] = field(default=(), repr=False)
+    keys: tuple[str, ...] = field(default=(), repr=False)
+    tokens: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def name(self) -> str:
@@ -99,12 +103,12 @@ class ShardSource:
         return f"shard {self.shard_id} ({len(self.items)} {self.kind} from {self.items[0]})"
 
     def fingerprint(self) -> str:
-        """A short description that changes when the shard's input does: a file's absolute path, or the
-        hash of a chunk's items. A resumed run checks it for each shard already done."""
-        if self.path is not None:
-            return os.path.abspath(self.path)
-        digest = hashlib.sha256("\n".join(self.items).encode()).hexdigest()[:16]
-        return f"{len(self.items)} {self.kind} sha256:{digest}"
+        """A short description that changes when the shard's input does: the hash of its kind, items and their
+        identities (a file's path, size and modification time). Saved batches of the shard are reused only
+        under the same fingerprint."""
+        text = "\n".join([self.kind, str(self.path), *self.items, *self.keys, *self.tokens])
+        size = 1 if self.path is not None else len(self.items)
+        return f"{size} {self.kind} sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
     def has_captions(self) -> bool:
         """Whether the shard's samples carry captions, judged from its first sample (tar) or its columns
@@ -159,36 +163,80 @@ def expand_paths(patterns: Sequence[str]) -> list[str]:
     return paths
 
 
-def plan(patterns: Sequence[str], *, shard_size: int = SHARD_SIZE) -> list[ShardSource]:
-    """The input shards of a run over ``patterns``: ``.tar`` files (webdataset), ``.parquet`` files
-    (img2dataset), ``.txt`` files (one text per line, ``shard_size`` lines a shard) or image files and
-    folders (``shard_size`` images a shard, in :func:`find_images` order). Shard ids count from 0.
+def file_token(path: str | os.PathLike) -> str:
+    """``"size:mtime_ns"`` of a file: what identifies its content between runs (a file rewritten in place, cut
+    short or re-downloaded gets another token). OSError when it cannot be stat'ed."""
+    st = os.stat(path)
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
-    Raises ValueError for mixed kinds, an empty input or ``shard_size < 1``; FileNotFoundError for a
-    missing path.
-    """
-    if shard_size < 1:
-        raise ValueError(f"shard size must be at least 1; got {shard_size}")
+
+@dataclass(frozen=True)
+class Inputs:
+    """Every item of a run, in input order: ``kind`` (one of :data:`KINDS`), ``items`` (file paths or text
+    lines), ``keys`` (identities: a file's absolute path; a text line itself, with ``\\x00N`` appended for
+    its N-th repeat) and ``tokens`` (a file's :func:`file_token`; "" for a text line)."""
+
+    kind: str
+    items: tuple[str, ...]
+    keys: tuple[str, ...]
+    tokens: tuple[str, ...]
+
+    def shards(self, positions: Sequence[int], first_id: int, shard_size: int) -> list[ShardSource]:
+        """The items at ``positions`` as shards numbered from ``first_id``: one per file for tars and parquet,
+        else ``shard_size`` items a shard."""
+        size = 1 if self.kind in ("tar", "parquet") else shard_size
+        out = []
+        for n, start in enumerate(range(0, len(positions), size)):
+            chunk = positions[start : start + size]
+            items = tuple(self.items[i] for i in chunk)
+            out.append(ShardSource(
+                first_id + n, self.kind, items[0] if size == 1 else None, () if size == 1 else items,
+                tuple(self.keys[i] for i in chunk), tuple(self.tokens[i] for i in chunk),
+            ))
+        return out
+
+
+def collect(patterns: Sequence[str]) -> Inputs:
+    """The items of a run over ``patterns``: ``.tar`` files (webdataset), ``.parquet`` files (img2dataset),
+    ``.txt`` files (one text per line, blank lines skipped) or image files and folders (in :func:`find_images`
+    order). Raises ValueError for mixed kinds or an empty input; FileNotFoundError for a missing path."""
     paths = expand_paths(patterns)
     suffixes = {Path(p).suffix.lower() for p in paths if not os.path.isdir(p)}
     for suffix, kind in ((".tar", "tar"), (".parquet", "parquet")):
         if suffix in suffixes:
             if suffixes != {suffix} or any(os.path.isdir(p) for p in paths):
                 raise ValueError(f"give {suffix} shards alone, not mixed with other files or folders")
-            return [ShardSource(i, kind, p) for i, p in enumerate(paths)]
+            return _files(kind, paths)
     if ".txt" in suffixes:
         if suffixes != {".txt"} or any(os.path.isdir(p) for p in paths):
             raise ValueError("give either .txt files (one text per line) or images and folders, not both")
-        items: list[str] = read_text_lines(paths).lines
-        if not items:
+        lines: list[str] = read_text_lines(paths).lines
+        if not lines:
             raise ValueError(f"no text lines in {', '.join(paths)}")
-        kind = "texts"
-    else:
-        items, kind = [str(p) for p in find_images(paths)], "images"
-    return [
-        ShardSource(i, kind, None, tuple(items[s : s + shard_size]))
-        for i, s in enumerate(range(0, len(items), shard_size))
-    ]
+        seen: dict[str, int] = {}
+        keys = []
+        for line in lines:
+            seen[line] = seen.get(line, -1) + 1
+            keys.append(line if not seen[line] else f"{line}\x00{seen[line]}")
+        return Inputs("texts", tuple(lines), tuple(keys), ("",) * len(lines))
+    return _files("images", [str(p) for p in find_images(paths)])
+
+
+def _files(kind: str, paths: Sequence[str]) -> Inputs:
+    return Inputs(kind, tuple(paths), tuple(os.path.abspath(p) for p in paths), tuple(map(file_token, paths)))
+
+
+def plan(patterns: Sequence[str], *, shard_size: int = SHARD_SIZE) -> list[ShardSource]:
+    """The input shards of a fresh run over ``patterns`` (see :func:`collect`): one per ``.tar`` or
+    ``.parquet`` file, else ``shard_size`` images or text lines a shard. Shard ids count from 0.
+
+    Raises ValueError for mixed kinds, an empty input or ``shard_size < 1``; FileNotFoundError for a
+    missing path.
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard size must be at least 1; got {shard_size}")
+    inputs = collect(patterns)
+    return inputs.shards(range(len(inputs.items)), 0, shard_size)
 
 
 MAX_TEXT_MEMBER_BYTES = 1 << 20  # a .txt or .json member over 1 MiB is not read whole

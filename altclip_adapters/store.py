@@ -25,16 +25,18 @@ file ``DIR/altclip_empty/N`` so that a resumed run does not redo it.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import re
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
-from .atomic import write_json, write_with
+from .atomic import write_bytes, write_json, write_with
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -42,11 +44,20 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 MANIFEST = "altclip.json"
 SHARD_DIGITS = 6  # shard N is written as N zero-padded to this width; 0 <= N < 10**SHARD_DIGITS
-MODALITIES = ("image", "text")
+Modality = Literal["image", "text"]  # the one spelling of a modality; check values with check_modality()
+MODALITIES: tuple[Modality, ...] = ("image", "text")
 EMBEDDING_DIRS = {"image": "img_emb", "text": "text_emb"}  # folder == file prefix, as clip-retrieval names them
 DTYPES = ("float16", "float32")
 NORM_TOLERANCE = 1e-2  # rows given to the writer must have an L2 norm within this of 1
 _EMPTY_DIR = "altclip_empty"
+LOCK_FILE = "altclip.lock"
+
+
+def check_modality(value: object) -> Modality:
+    """``value`` as a :data:`Modality`; ValueError naming it when it is not ``"image"`` or ``"text"``."""
+    if value not in MODALITIES:
+        raise ValueError(f"modality must be 'image' or 'text'; got {value!r}")
+    return cast(Modality, value)
 
 
 def shard_name(shard_id: int) -> str:
@@ -56,6 +67,21 @@ def shard_name(shard_id: int) -> str:
     if not 0 <= shard_id < 10**SHARD_DIGITS:
         raise ValueError(f"shard_id must be in 0..{10**SHARD_DIGITS - 1}; got {shard_id}")
     return str(int(shard_id)).zfill(SHARD_DIGITS)
+
+
+class _Stream:
+    """A file seen only through ``write``: ``np.save`` then writes with Python calls, which raise on a full disk
+    (given a real file it writes through a duplicated C ``FILE*`` whose failing flush it ignores, leaving a
+    truncated file that the atomic rename would then publish)."""
+
+    def __init__(self, file: Any):
+        self.write = file.write
+
+
+def save_npy(array: np.ndarray) -> Any:
+    """A writer for :func:`altclip_adapters.atomic.write_with` that saves ``array`` as ``.npy``, raising OSError
+    when the disk is full (see :class:`_Stream`)."""
+    return lambda f: np.save(_Stream(f), array)
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
@@ -201,9 +227,7 @@ class EmbeddingWriter:
             raise ValueError(f"image and text embeddings differ in dim: {dims['image']} and {dims['text']}")
         self._claim_manifest(next(iter(dims.values())), list(arrays))
         if table.num_rows == 0:
-            empty = self.folder / _EMPTY_DIR
-            empty.mkdir(exist_ok=True)
-            (empty / name).touch()
+            write_bytes(self.folder / _EMPTY_DIR / name, b"")
             return
         import pyarrow.parquet as pq
 
@@ -211,7 +235,7 @@ class EmbeddingWriter:
             prefix = EMBEDDING_DIRS[modality]
             (self.folder / prefix).mkdir(exist_ok=True)
             stored = np.ascontiguousarray(array.astype(self.dtype))
-            write_with(self.folder / prefix / f"{prefix}_{name}.npy", lambda f, a=stored: np.save(f, a))
+            write_with(self.folder / prefix / f"{prefix}_{name}.npy", save_npy(stored))
         (self.folder / "metadata").mkdir(exist_ok=True)
         write_with(self.folder / "metadata" / f"metadata_{name}.parquet", lambda f: pq.write_table(table, f))
 
@@ -240,9 +264,7 @@ def folder_modalities(folder: str | Path) -> list[str]:
 
 def _shard_files(folder: Path, modality: str) -> list[tuple[Path, Path]]:
     """(embedding file, metadata file) per shard in reading order; ValueError for an orphan file."""
-    if modality not in MODALITIES:
-        raise ValueError(f"modality must be 'image' or 'text'; got {modality!r}")
-    prefix = EMBEDDING_DIRS[modality]
+    prefix = EMBEDDING_DIRS[check_modality(modality)]
     embeddings = {p.name[len(prefix) + 1 : -4]: p for p in (folder / prefix).glob(f"{prefix}_*.npy")}
     metadata = {p.name[9:-8]: p for p in (folder / "metadata").glob("metadata_*.parquet")}
     if not embeddings:
@@ -337,3 +359,160 @@ def read_embeddings(folder: str | Path, modality: str = "image") -> tuple[np.nda
         out[start : start + len(array)] = array
         start += len(array)
     return out, read_metadata(folder, modality)
+
+
+# changing a folder shard by shard (altclip_adapters.bulk's incremental runs) ------------------------------
+def _shard_paths(folder: Path, shard_id: int) -> dict[str, Path]:
+    """The files shard ``shard_id`` may have: one per modality, then ``metadata`` (whether or not they exist)."""
+    name = shard_name(shard_id)
+    paths = {m: folder / d / f"{d}_{name}.npy" for m, d in EMBEDDING_DIRS.items()}
+    return paths | {"metadata": folder / "metadata" / f"metadata_{name}.parquet"}
+
+
+def shard_ids(folder: str | Path) -> set[int]:
+    """Numbers of every shard with any file in the folder, complete or not (empty markers included)."""
+    folder = Path(folder)
+    found = {int(m.group(1)) for d in [*EMBEDDING_DIRS.values(), "metadata"] for p in (folder / d).glob("*_*.*")
+             if (m := re.fullmatch(r"[a-z_]+_(\d+)\.(npy|parquet)", p.name))}
+    return found | done_shards(folder)
+
+
+def shard_rows(folder: str | Path, shard_id: int) -> dict[str, int]:
+    """Rows of each file shard ``shard_id`` has, from file headers (``{"image": n, "metadata": n, ...}``; files
+    that do not exist are left out; an empty shard's marker counts as ``{"metadata": 0}``); OSError/ValueError
+    for a file that cannot be read."""
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    rows = {}
+    for part, path in _shard_paths(folder, shard_id).items():
+        if path.is_file():
+            rows[part] = pq.read_metadata(path).num_rows if part == "metadata" else np.load(path, mmap_mode="r").shape[0]
+    if (folder / _EMPTY_DIR / shard_name(shard_id)).is_file():
+        rows.setdefault("metadata", 0)
+    return rows
+
+
+def delete_shard(folder: str | Path, shard_id: int) -> None:
+    """Remove every file of shard ``shard_id`` (the metadata first, so that the shard stops counting as done at
+    once); nothing happens for a shard that has none."""
+    folder = Path(folder)
+    paths = _shard_paths(folder, shard_id)
+    for path in [paths.pop("metadata"), *paths.values(), folder / _EMPTY_DIR / shard_name(shard_id)]:
+        path.unlink(missing_ok=True)
+
+
+def keep_rows(folder: str | Path, shard_id: int, rows: Sequence[int]) -> None:
+    """Rewrite shard ``shard_id`` with only ``rows`` (row numbers within the shard, in the order given), each file
+    atomically and the metadata last; the stored values are copied bit for bit (nothing is re-embedded or
+    renormalised). No rows left: the shard becomes an empty one (its files removed, the empty marker written, as
+    :meth:`EmbeddingWriter.write_shard` does for a shard without rows). IndexError for a row out of range."""
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    if not len(rows):
+        delete_shard(folder, shard_id)
+        return write_bytes(folder / _EMPTY_DIR / shard_name(shard_id), b"")
+    take = np.asarray(rows, dtype=np.int64)
+    paths = _shard_paths(folder, shard_id)
+    meta = paths.pop("metadata")
+    table = pq.read_table(meta)
+    if take.min() < 0 or take.max() >= table.num_rows:  # checked before any file changes
+        raise IndexError(f"{meta} has {table.num_rows} rows; row {int(take.max())} asked for")
+    for path in paths.values():
+        if path.is_file():
+            write_with(path, save_npy(np.ascontiguousarray(np.load(path)[take])))
+    write_with(meta, lambda f: pq.write_table(table.take(take), f))
+
+
+def merge_shards(folder: str | Path, shard_ids: Sequence[int], target: int) -> None:
+    """Write shard ``target`` with the rows of ``shard_ids`` in that order, the stored values copied bit for bit
+    (each file atomically, metadata last; metadata columns unified as :func:`read_metadata` does). The sources
+    are left as they are: the caller deletes them once the new shard is recorded."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    sources = [_shard_paths(folder, s) for s in shard_ids]
+    out = _shard_paths(folder, target)
+    tables = [pq.read_table(p["metadata"]) for p in sources if p["metadata"].is_file()]
+    if not tables:  # only empty shards
+        return write_bytes(folder / _EMPTY_DIR / shard_name(target), b"")
+    for modality in EMBEDDING_DIRS:
+        arrays = [np.load(p[modality]) for p in sources if p[modality].is_file()]
+        if arrays:
+            write_with(out[modality], save_npy(np.concatenate(arrays)))
+    table = pa.concat_tables(tables, promote_options="permissive")
+    write_with(out["metadata"], lambda f: pq.write_table(table, f))
+
+
+@contextmanager
+def lock(folder: str | Path) -> Iterator[None]:
+    """Hold the folder's writer lock (``fcntl.flock`` on ``DIR/altclip.lock``) for the block: one run writes a
+    folder at a time. OSError naming the folder when another process holds it. The lock file stays, empty."""
+    path = Path(folder) / LOCK_FILE
+    with open(path, "a") as handle:  # creates it empty; nothing is ever written to it
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OSError(
+                f"{folder} is being written by another process (it holds {path}): wait for that run to end"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# single-file outputs: FILE.npy (+ FILE.ids.json) or FILE.parquet -------------------------------------------
+def write_embedding_file(out: str | Path, ids: Sequence[str], embeddings: np.ndarray, meta: dict[str, Any]) -> None:
+    """Write ``embeddings`` (float [N, D]) and their ``ids`` (N strings) to ``out``: ``.npy`` (float32 [N, D])
+    with ``<stem>.ids.json`` (``meta`` plus ``"ids"``) beside it, or ``.parquet`` (columns ``id``, ``embedding``;
+    ``meta`` as the schema's ``altclip`` metadata). Each file atomically, the ids last for ``.npy``.
+    ValueError for another suffix or a row count that differs from the ids'; ImportError (naming the extra)
+    without pyarrow."""
+    out = Path(out)
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    if len(ids) != len(embeddings):
+        raise ValueError(f"{len(ids)} ids for {len(embeddings)} embedding rows")
+    if out.suffix == ".npy":
+        write_with(out, save_npy(embeddings))
+        write_json(out.with_suffix(".ids.json"), {**meta, "ids": list(ids)})
+        return
+    if out.suffix != ".parquet":
+        raise ValueError(f"{out}: an embedding file is a .npy or .parquet file")
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise ImportError("writing .parquet needs pyarrow: pip install 'altclip-adapters[cli]'") from e
+    flat = pa.array(embeddings.reshape(-1))
+    table = pa.table({"id": pa.array(list(ids), pa.string()),
+                      "embedding": pa.FixedSizeListArray.from_arrays(flat, embeddings.shape[1])})
+    table = table.replace_schema_metadata({"altclip": json.dumps(meta)})
+    write_with(out, lambda f: pq.write_table(table, f))
+
+
+def read_embedding_file(path: str | Path) -> tuple[list[str], np.ndarray, dict[str, Any]]:
+    """(ids, embeddings float32 [N, D], meta) of a file written by :func:`write_embedding_file`.
+    FileNotFoundError when it does not exist; ValueError when it is not such a file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such index file: {path}")
+    if path.suffix == ".npy":
+        sidecar = path.with_suffix(".ids.json")
+        if not sidecar.is_file():
+            raise ValueError(f"{path} has no {sidecar.name} beside it: not an index written by altclip embed")
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        return meta.pop("ids"), np.load(path), meta
+    if path.suffix != ".parquet":
+        raise ValueError(f"{path}: an index is a .npy or .parquet file written by altclip embed")
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    metadata = table.schema.metadata or {}
+    if b"altclip" not in metadata or "embedding" not in table.column_names:
+        raise ValueError(f"{path} is not an index written by altclip embed (no altclip metadata)")
+    column = table.column("embedding").combine_chunks()
+    embeddings = np.asarray(column.flatten()).reshape(len(table), column.type.list_size)
+    return table.column("id").to_pylist(), embeddings, json.loads(metadata[b"altclip"])

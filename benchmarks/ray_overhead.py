@@ -150,7 +150,6 @@ def main() -> None:
             sources,
             out,
             model=str(checkpoint),
-            model_reference=str(checkpoint),
             modalities=("image",),
             dtype="float16",
             actors=1,

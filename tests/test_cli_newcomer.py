@@ -60,7 +60,7 @@ def test_help_imports_nothing_heavy(argv):
     "argv, message",
     [
         (["embed", "{tmp}/missing", "--out", "{tmp}/x.npy"], "no such file or folder: {tmp}/missing"),
-        (["embed", "{tmp}/missing.txt", "--out", "{tmp}/x.npy"], "no such file: {tmp}/missing.txt"),
+        (["embed", "{tmp}/missing.txt", "--out", "{tmp}/x.npy"], "no such file or folder: {tmp}/missing.txt"),
         (["embed", "{tmp}/lines.txt", "--out", "{tmp}/x.csv"], "--out must end in .npy or .parquet"),
         (["embed", "{tmp}/lines.txt", "--out", "{tmp}/x.npy", "--model", "{tmp}/no-model"], "not a local folder"),
         (["search", "{tmp}/missing.npy", "cat"], "no such index file"),
@@ -127,8 +127,10 @@ def test_search_and_demo_list_only_options_that_apply():
 def test_ctrl_c_during_embed_is_one_line_exit_130_and_keeps_what_it_saved(tiny_dir, tmp_path):
     import numpy as np
 
+    from altclip_adapters.bulk import SAVE_ITEMS
+
     lines = tmp_path / "lines.txt"
-    count = 8 * cli.embed.FLUSH_ITEMS  # the first save comes long before the end, however fast the machine
+    count = 8 * SAVE_ITEMS  # the first save comes long before the end, however fast the machine
     lines.write_text("".join(f"caption number {i}\n" for i in range(count)), encoding="utf-8")
     out = tmp_path / "texts.npy"
     argv = ["embed", str(lines), "--out", str(out), "--model", str(tiny_dir), "--quiet"]
@@ -136,9 +138,9 @@ def test_ctrl_c_during_embed_is_one_line_exit_130_and_keeps_what_it_saved(tiny_d
         [sys.executable, "-m", "altclip_adapters.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
     )
-    parts = tmp_path / "texts.npy.parts"
+    state = tmp_path / ".texts.npy.altclip"  # the hidden embedding folder the file is made from
     deadline = time.monotonic() + 300
-    while not any(parts.glob("part-*.npz")) and process.poll() is None and time.monotonic() < deadline:
+    while not any((state / "altclip_run").rglob("*.*")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert process.poll() is None, process.communicate()
     process.send_signal(signal.SIGINT)
@@ -146,15 +148,16 @@ def test_ctrl_c_during_embed_is_one_line_exit_130_and_keeps_what_it_saved(tiny_d
     assert process.returncode == 130, stderr
     assert stdout == "" and "Traceback" not in stderr
     (line,) = stderr.splitlines()
-    match = re.fullmatch(rf"altclip: interrupted: (\d+) of {count} text embeddings saved in (.+); run the same command "
-                         "to resume", line)
-    assert match and match[2] == str(parts), line
+    match = re.fullmatch(rf"altclip: interrupted: ([\d,]+) of {count:,} items embedded are kept in (.+) \(the state of "
+                         r"texts.npy\); run the same command to resume", line)
+    assert match and match[2] == str(state), line
     on_disk = []
-    for part in parts.glob("part-*.npz"):
+    for part in (state / "altclip_run" / "partial").glob("*.npz"):
         with np.load(part) as data:
-            on_disk += data["positions"].tolist()
-    assert int(match[1]) == len(on_disk) == len(set(on_disk)) and 0 < len(on_disk) < count
-    assert not out.exists()  # the rerun resumes from the parts: see test_cli.py's test_an_interrupted_embed_resumes
+            on_disk += data["text_done"].tolist()
+    on_disk += [f"row {i}" for r in (state / "altclip_run" / "shards").glob("*.json") for i in range(json.loads(r.read_text())["rows"])]
+    assert int(match[1].replace(",", "")) == len(on_disk) and 0 < len(on_disk) < count
+    assert not out.exists()  # the rerun resumes: see test_collections.py's test_stopped_mid_shard_...
 
 
 @pytest.mark.parametrize(

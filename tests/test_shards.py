@@ -1,5 +1,5 @@
 """Shard inputs (webdataset tars, img2dataset parquet, chunks of files and lines) and ``altclip embed --out DIR``
-(clip-retrieval's layout, resumable by shard), in one process. The same runs on Ray: tests/test_ray.py."""
+(clip-retrieval's layout, incremental and resumable), in one process. The same runs on Ray: tests/test_ray.py."""
 
 from __future__ import annotations
 
@@ -137,6 +137,20 @@ def test_shard_fingerprint_changes_with_its_items():
     assert one.fingerprint() != ShardSource(0, "images", None, ("a.jpg", "c.jpg")).fingerprint()
 
 
+def test_an_item_is_its_path_size_and_modification_time(shard_inputs, tmp_path):
+    from altclip_adapters.shards import collect
+
+    tar = tmp_path / "a.tar"
+    tar.write_bytes(shard_inputs["tars"][0].read_bytes())
+    before = collect([str(tar)])
+    assert before.keys == (str(tar.resolve()),) and before.tokens[0].startswith(f"{tar.stat().st_size}:")
+    tar.write_bytes(tar.read_bytes()[:-1024])  # cut short (as a download that stopped)
+    assert collect([str(tar)]).tokens != before.tokens
+    lines = tmp_path / "lines.txt"
+    lines.write_text("a\nb\na\n", encoding="utf-8")
+    assert collect([str(lines)]).keys == ("a", "b", "a\x001")  # a repeated line is one item per repeat
+
+
 # altclip embed --out DIR ------------------------------------------------------------------------------
 def test_embed_folder_writes_the_layout_and_resumes_by_shard(tiny_dir, shard_inputs, reference, tmp_path, capsys):
     out = tmp_path / "emb"
@@ -156,7 +170,8 @@ def test_embed_folder_writes_the_layout_and_resumes_by_shard(tiny_dir, shard_inp
     (out / "metadata" / "metadata_000001.parquet").unlink()
     assert embed(*argv) == 0
     captured = capsys.readouterr()
-    assert "resuming: 2 of 3 shards already in" in captured.err
+    assert "altclip: shard 1's files do not match its record (a run stopped while changing it); the shard is redone" in captured.err
+    assert f"altclip: 0 new, 0 changed, 0 removed, 8 unchanged images (2 shards of {out} kept as they are)" in captured.err
     assert captured.out.strip() == f"wrote 3 image embedding rows in 1 shard to {out}"
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # the shards already done were not rewritten
     np.testing.assert_allclose(read_embeddings(out)[0], reference[0], atol=1e-5)
@@ -165,11 +180,12 @@ def test_embed_folder_writes_the_layout_and_resumes_by_shard(tiny_dir, shard_inp
     assert capsys.readouterr().out.strip() == f"nothing to do: all 3 shards are already in {out}"
 
 
-def test_embed_folder_refuses_to_resume_over_other_inputs(tiny_dir, shard_inputs, tmp_path, capsys):
+def test_embed_folder_over_other_inputs_updates_it(tiny_dir, shard_inputs, tmp_path, capsys):
     out = tmp_path / "emb"
     assert embed(*shard_inputs["files"][:2], "--out", out, "--model", tiny_dir) == 0
-    assert embed(*shard_inputs["files"][2:4], "--out", out, "--model", tiny_dir) == 1
-    assert "holds shard 0 made from other input" in capsys.readouterr().err
+    assert embed(*shard_inputs["files"][1:4], "--out", out, "--model", tiny_dir) == 0
+    assert "altclip: 2 new, 0 changed, 1 removed, 1 unchanged images" in capsys.readouterr().err
+    assert read_embeddings(out)[1].column("image_path").to_pylist() == list(map(str, shard_inputs["files"][1:4]))
 
 
 def test_embed_tars_gives_image_and_caption_rows_in_one_pass(tiny_dir, shard_inputs, reference, tmp_path, capsys):
@@ -212,7 +228,7 @@ def test_embed_tars_reports_a_truncated_shard_and_finishes_the_rest(tiny_dir, sh
         ],
     )
     out = tmp_path / "emb"
-    assert embed(f"{shards}/{{00000..00002}}.tar", "--out", out, "--model", tiny_dir) == 0
+    assert embed(f"{shards}/{{00000..00002}}.tar", "--out", out, "--model", tiny_dir) == 1  # not whole: not done
     captured = capsys.readouterr()
     assert (
         f"altclip: {shards}/00001.tar: truncated or corrupt after 2 samples (last complete: {shard_inputs['keys'][5]})"
@@ -225,6 +241,23 @@ def test_embed_tars_reports_a_truncated_shard_and_finishes_the_rest(tiny_dir, sh
         "(listed above); 1 truncated shard (listed above) written up to the break"
     )
     assert read_embeddings(out)[1].column("key").to_pylist() == shard_inputs["keys"][:6]
+    assert captured.err.strip().splitlines()[-1] == (
+        f"altclip: error: 1 shard read only partly (truncated input: {shards}/00001.tar); replace the file and rerun: "
+        "the rerun redoes it"
+    )
+
+    # the same truncated file again: nothing to redo, still not done
+    assert embed(f"{shards}/{{00000..00002}}.tar", "--out", out, "--model", tiny_dir) == 1
+    captured = capsys.readouterr()
+    assert captured.out.strip() == f"nothing to do: all 3 shards are already in {out}"
+    assert "1 shard read only partly" in captured.err
+    # re-downloaded (its size and modification time change): that shard alone is redone, whole
+    (shards / "00001.tar").write_bytes(data)
+    assert embed(f"{shards}/{{00000..00002}}.tar", "--out", out, "--model", tiny_dir) == 0
+    captured = capsys.readouterr()
+    assert "altclip: 0 new, 1 changed, 0 removed, 2 unchanged tar files" in captured.err
+    assert captured.out.strip() == f"wrote 4 image and text embedding rows in 1 shard to {out}"
+    assert sorted(read_embeddings(out)[1].column("key").to_pylist()) == shard_inputs["keys"]
 
 
 def test_embed_texts_into_a_folder(tiny_dir, shard_inputs, reference, tmp_path):
@@ -275,7 +308,7 @@ def test_a_shard_that_cannot_be_read_is_reported_and_retried_by_a_rerun(tiny_dir
     assert captured.out.startswith(f"wrote 8 image and text embedding rows in 1 shard to {out}")
     pq.write_table(pq.read_table(shard_inputs["parquet"]), shards / "00001.parquet")  # repaired
     assert embed(f"{shards}/{{00000..00001}}.parquet", "--out", out, "--model", tiny_dir) == 0
-    assert "resuming: 1 of 2 shards already in" in capsys.readouterr().err
+    assert "altclip: 1 new, 0 changed, 0 removed, 1 unchanged parquet files" in capsys.readouterr().err
     assert len(read_embeddings(out)[0]) == 16
 
 

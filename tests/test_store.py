@@ -263,3 +263,66 @@ def test_any_shard_split_reads_back_in_order(tmp_path_factory, sizes, dim, dtype
         embeddings, metadata = read_embeddings(out, modality)
         np.testing.assert_allclose(embeddings, np.concatenate(expected), atol=tolerance)
         assert metadata.column("key").to_pylist() == keys
+
+
+def test_keep_rows_copies_the_stored_values_bit_for_bit(tmp_path):
+    from altclip_adapters.store import delete_shard, keep_rows, shard_rows, shards
+
+    out = tmp_path / "emb"
+    writer = EmbeddingWriter(out, model="BAAI/AltCLIP", dtype="float16")
+    writer.write_shard(3, image_embeddings=unit_rows(5, 8, 1), text_embeddings=unit_rows(5, 8, 2), metadata=rows_of(3, 5))
+    stored = {m: np.load(out / d / f"{d}_000003.npy") for m, d in (("image", "img_emb"), ("text", "text_emb"))}
+    before = shards(out)[0].fingerprint
+    keep_rows(out, 3, [4, 0, 2])
+    for m, d in (("image", "img_emb"), ("text", "text_emb")):
+        kept = np.load(out / d / f"{d}_000003.npy")
+        assert kept.dtype == np.float16 and kept.tobytes() == stored[m][[4, 0, 2]].tobytes()
+    assert read_metadata(out).to_pylist() == [rows_of(3, 5)[i] for i in (4, 0, 2)]
+    assert shard_rows(out, 3) == {"image": 3, "text": 3, "metadata": 3} and shards(out)[0].fingerprint != before
+    with pytest.raises(IndexError, match="has 3 rows; row 7 asked for"):
+        keep_rows(out, 3, [7])
+    keep_rows(out, 3, [])  # no row left: an empty shard, as write_shard leaves one
+    assert done_shards(out) == {3} and not list(out.rglob("*_000003.*")) and shard_rows(out, 3) == {"metadata": 0}
+    delete_shard(out, 3)
+    assert done_shards(out) == set()
+    writer.write_shard(4, image_embeddings=unit_rows(0, 8, 1), text_embeddings=unit_rows(0, 8, 1), metadata=[])
+    assert shard_rows(out, 4) == {"metadata": 0}
+    delete_shard(out, 4)
+    assert done_shards(out) == set()
+
+
+def test_a_full_disk_raises_instead_of_publishing_a_truncated_npy(tmp_path):
+    """np.save given a real file writes through a C FILE* whose failing flush it ignores; save_npy must raise."""
+    import resource
+    import signal
+
+    from altclip_adapters.atomic import write_with
+    from altclip_adapters.store import save_npy
+
+    path = tmp_path / "x.npy"
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+    try:
+        with pytest.raises(OSError, match="File too large"):
+            write_with(path, save_npy(np.zeros((100, 100), np.float32)))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert not path.exists() and not list(tmp_path.iterdir())
+
+
+def test_write_and_read_an_embedding_file(tmp_path):
+    from altclip_adapters.store import read_embedding_file, write_embedding_file
+
+    rows = unit_rows(3, 8, 0)
+    for name in ("x.npy", "x.parquet"):
+        write_embedding_file(tmp_path / name, ["a", "b", "c"], rows, {"model": "m", "modality": "image"})
+        ids, embeddings, meta = read_embedding_file(tmp_path / name)
+        assert ids == ["a", "b", "c"] and meta == {"model": "m", "modality": "image"}
+        np.testing.assert_array_equal(embeddings, rows)
+    with pytest.raises(ValueError, match="3 ids for 2 embedding rows"):
+        write_embedding_file(tmp_path / "y.npy", ["a", "b", "c"], rows[:2], {})
+    pq.write_table(pa.table({"a": [1]}), tmp_path / "plain.parquet")
+    with pytest.raises(ValueError, match="not an index written by altclip embed"):
+        read_embedding_file(tmp_path / "plain.parquet")

@@ -5,8 +5,13 @@ process or on Ray (``--ray [ADDRESS]``). The run itself is :mod:`altclip_adapter
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._common import (
     CLIError,
@@ -20,6 +25,10 @@ from ._common import (
     warn,
 )
 
+if TYPE_CHECKING:
+    from ..bulk import ShardReport, Update
+    from ..shards import Inputs
+
 STORE_DTYPES = ("float16", "float32")
 
 
@@ -29,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..shards import SHARD_SIZE
 
     p.epilog += (
-        "\n\nembedding folders (clip-retrieval's layout: img_emb/, text_emb/, metadata/), resumable by shard:\n"
+        "\n\nembedding folders (clip-retrieval's layout: img_emb/, text_emb/, metadata/):\n"
         "  altclip embed photos/ --out photos-emb    # --out without a suffix: a folder, 10,000 images a shard\n"
         "  altclip embed 'shards/{00000..00099}.tar' --out laion-emb    # webdataset: each sample's image and caption\n"
         "  altclip embed img2dataset-out/*.parquet --out emb --ray    # on a local Ray; --ray=auto joins a cluster"
@@ -71,7 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def count(n: int, noun: str) -> str:
     """``n`` and ``noun``, plural unless ``n`` is 1."""
-    return f"{n} {noun}{'s' * (n != 1)}"
+    return f"{n:,} {noun}{'s' * (n != 1)}"
 
 
 def is_folder(out: Path) -> bool:
@@ -79,85 +88,150 @@ def is_folder(out: Path) -> bool:
     return out.is_dir() or not out.suffix
 
 
-def run(args: argparse.Namespace, out: Path) -> None:
-    from ..bulk import ShardEmbedder, modalities, pending
-    from ..bulk import run as run_here
-    from ..shards import plan
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM (what Slurm, Kubernetes and ``timeout`` send) raises KeyboardInterrupt, so a
+    run stopped either way keeps its finished batches (main thread only; elsewhere nothing changes)."""
 
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"the folder for --out does not exist: {out.parent}")
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@dataclass
+class Outcome:
+    """What a folder run did: its ``inputs``, the modalities ``embedded``, the ``plan`` it followed and the
+    reports of the shards it embedded."""
+
+    inputs: Inputs
+    embedded: tuple[str, ...]
+    plan: Update
+    reports: list[ShardReport] = field(default_factory=list)
+
+    def total(self, key: str) -> int:
+        return sum(len(r.skipped) if key == "skipped" else getattr(r, key) for r in self.reports)
+
+
+def embed_folder(args: argparse.Namespace, out: Path, *, dtype: str, name: str | None = None) -> Outcome:
+    """Bring the embedding folder ``out`` up to date with ``args.paths`` (see :mod:`altclip_adapters.bulk`),
+    in this process or on Ray, holding the folder's lock; prints what changed, what was skipped and the time
+    per stage (stderr). ``name`` is how messages call the output (default: the folder). Raises Interrupted
+    (Ctrl-C, SIGTERM) after saving the finished batches."""
+    from tqdm import tqdm
+
+    from ..bulk import ShardEmbedder, apply, stage_summary, update
+    from ..bulk import modalities as find_modalities
+    from ..bulk import run as run_here
+    from ..shards import collect
+    from ..store import EmbeddingWriter, lock
+
     if args.ray and Path(args.ray).exists():
         raise CLIError(
             f"--ray took {args.ray} as the cluster's address: write --ray=ADDRESS, or put --ray after the paths"
         )
-    sources = plan(args.paths, shard_size=args.shard_size)
+    inputs = collect(args.paths)
     check_model(args.model)
-    embedded = modalities(sources, args.modality)
+    embedded = find_modalities(inputs.kind, lambda: inputs.shards([0], 0, 1)[0].has_captions(), args.modality)
     reference = model_reference(args.model)
-    todo = pending(out, sources, model=reference, dtype=args.store_dtype)
-    if not todo:
-        print(f"nothing to do: all {len(sources)} shards are already in {out}")
-        return
-    if len(todo) < len(sources):
-        warn(f"resuming: {len(sources) - len(todo)} of {len(sources)} shards already in {out}")
-    totals = {"rows": 0, "skipped": 0, "missing": 0, "broken": 0, "unwritten": 0, "shards": 0}
+    EmbeddingWriter(out, model=reference, dtype=dtype)  # creates the folder; refuses another model or dtype
+    name = name or str(out)
+    with lock(out), sigterm_as_interrupt():
+        plan = update(out, inputs, shard_size=args.shard_size)
+        outcome = Outcome(inputs, embedded, plan)
+        for note in plan.notes:
+            warn(note)
+        if plan.previous:
+            warn(f"{plan.summary(inputs.kind)} ({count(plan.kept, 'shard')} of {name} kept as they are)")
+        for target, sources in plan.merge.items():
+            warn(f"compacting {count(len(sources), 'small shard')} into shard {target}")
+        apply(out, plan)
+        if not plan.todo:
+            return outcome
+        items = sum(len(s.keys) for s in plan.todo) if inputs.kind not in ("tar", "parquet") else None
+        done = [0]  # items embedded (a disabled bar counts nothing)
+        embedder = load_embedder(args.model, args) if args.ray is None else None  # a model that fails: no bar drawn
+        with tqdm(total=items, unit="item", disable=args.quiet, file=sys.stderr) as bar:
 
-    from tqdm import tqdm
+            def progress(n: int) -> None:
+                done[0] += n
+                bar.update(n)
 
-    with tqdm(total=len(todo), unit="shard", disable=args.quiet, file=sys.stderr) as bar:
+            def on_report(report) -> None:
+                bar.clear()
+                for message in [*report.notes, *(f"skipped: {m}" for m in report.skipped)]:
+                    warn(message)
+                if report.error:
+                    warn(report.error)
+                if args.ray is not None:
+                    progress(report.items)
+                outcome.reports.append(report)
 
-        def on_report(report) -> None:
-            bar.clear()
-            for message in report.skipped:
-                warn(f"skipped: {message}")
-            if report.error:
-                warn(report.error)
-            totals["rows"] += report.rows
-            totals["skipped"] += len(report.skipped)
-            totals["missing"] += report.missing_images
-            totals["broken"] += bool(report.error) and report.written
-            totals["unwritten"] += not report.written
-            totals["shards"] += 1
-            bar.update(1)
+            try:
+                if embedder is not None:
+                    worker = ShardEmbedder(embedder, out, model=reference, modalities=embedded, dtype=dtype,
+                                           progress=progress)
+                    run_here(worker, plan.todo, on_report)
+                else:
+                    _run_on_ray(args, out, plan.todo, reference, embedded, dtype, on_report)
+            except KeyboardInterrupt:
+                raise Interrupted(
+                    f"interrupted: {done[0]:,} of {f'{items:,}' if items is not None else 'the'} items embedded are kept in "
+                    f"{name}; run the same command to resume"
+                ) from None
+        warn(f"time per stage: {stage_summary(outcome.reports)}")
+    return outcome
 
-        try:
-            if args.ray is None:
-                worker = ShardEmbedder(
-                    load_embedder(args.model, args), out, model=reference, modalities=embedded, dtype=args.store_dtype
-                )
-                run_here(worker, todo, on_report)
-            else:
-                _run_on_ray(args, out, todo, reference, embedded, on_report)
-        except KeyboardInterrupt:
-            raise Interrupted(
-                f"interrupted: {len(sources) - len(todo) + totals['shards'] - totals['unwritten']} of {len(sources)} "
-                f"shards written in {out}; "
-                "run the same command to resume"
-            ) from None
-    notes = (
-        [f"{count(totals['skipped'], 'unreadable or incomplete sample')} skipped (listed above)"]
-        if totals["skipped"]
-        else []
-    )
-    notes += (
-        [f"{count(totals['missing'], 'row')} without an image (failed downloads) left out"] if totals["missing"] else []
-    )
-    notes += (
-        [f"{count(totals['broken'], 'truncated shard')} (listed above) written up to the break"]
-        if totals["broken"]
-        else []
-    )
-    written = totals["shards"] - totals["unwritten"]
-    rows = count(totals["rows"], " and ".join(embedded) + " embedding row")
-    print(f"wrote {rows} in {count(written, 'shard')} to {out}" + "".join(f"; {note}" for note in notes))
-    if totals["unwritten"]:
+
+def check_outcome(outcome: Outcome) -> None:
+    """CLIError when shards could not be read or were read only partly (after the summary is printed)."""
+    unwritten = sum(not r.written for r in outcome.reports)
+    if unwritten:
         raise CLIError(
-            f"{totals['unwritten']} of {len(sources)} shards could not be read (listed above); "
+            f"{unwritten} of {len(outcome.reports)} shards could not be read (listed above); "
             "rerun the same command to retry them"
+        )
+    incomplete = outcome.plan.incomplete + [r.name for r in outcome.reports if r.error and r.written]
+    if incomplete:
+        raise CLIError(
+            f"{count(len(incomplete), 'shard')} read only partly (truncated input: {', '.join(incomplete[:3])}"
+            f"{' ...' if len(incomplete) > 3 else ''}); replace the file and rerun: the rerun redoes it"
         )
 
 
-def _run_on_ray(args: argparse.Namespace, out: Path, todo, reference: str, embedded, on_report) -> None:
+def run(args: argparse.Namespace, out: Path) -> None:
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"the folder for --out does not exist: {out.parent}")
+    outcome = embed_folder(args, out, dtype=args.store_dtype)
+    if not outcome.plan.todo:
+        if not outcome.plan.changes:
+            kept = outcome.plan.kept
+            print(f"nothing to do: {f'all {kept:,} shards are' if kept != 1 else 'its one shard is'} already in {out}")
+        else:
+            print(f"updated {out}: {outcome.plan.summary(outcome.inputs.kind)}")
+        return check_outcome(outcome)
+    notes = []
+    if skipped := outcome.total("skipped"):
+        notes.append(f"{count(skipped, 'unreadable or incomplete sample')} skipped (listed above)")
+    if missing := outcome.total("missing_images"):
+        notes.append(f"{count(missing, 'row')} without an image (failed downloads) left out")
+    if broken := sum(bool(r.error) and r.written for r in outcome.reports):
+        notes.append(f"{count(broken, 'truncated shard')} (listed above) written up to the break")
+    written = sum(r.written for r in outcome.reports)
+    rows = count(outcome.total("rows"), " and ".join(outcome.embedded) + " embedding row")
+    print(f"wrote {rows} in {count(written, 'shard')} to {out}" + "".join(f"; {note}" for note in notes))
+    check_outcome(outcome)
+
+
+def _run_on_ray(args: argparse.Namespace, out: Path, todo, reference: str, embedded, dtype: str, on_report) -> None:
     """Size the actors from the cluster's resources and run :func:`altclip_adapters.ray.run`."""
     try:
         import ray
@@ -169,7 +243,7 @@ def _run_on_ray(args: argparse.Namespace, out: Path, todo, reference: str, embed
     if started:
         ray.init(address=args.ray or None)
     context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False  # the command's own bar counts shards
+    context.enable_progress_bars = False  # the command's own bar counts items
     context.print_on_execution_start = False
     try:
         resources = ray.cluster_resources()
@@ -191,9 +265,8 @@ def _run_on_ray(args: argparse.Namespace, out: Path, todo, reference: str, embed
             todo,
             out,
             model=reference,
-            model_reference=reference,
             modalities=embedded,
-            dtype=args.store_dtype,
+            dtype=dtype,
             actors=actors,
             num_gpus=1 if gpu else 0,
             num_cpus=num_cpus,
