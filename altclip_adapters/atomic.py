@@ -76,7 +76,8 @@ def write_bytes(path: str | Path, data: bytes, *, exclusive: bool = False) -> No
 
 
 def write_with(path: str | Path, write: Callable[[IO[bytes]], Any], *, exclusive: bool = False) -> None:
-    """Call ``write(binary_file)`` (``np.save``, ``pq.write_table``) on a temporary file that becomes ``path``."""
+    """Call ``write(binary_file)`` (``pq.write_table``; for ``.npy`` use ``store.save_npy``, since ``np.save`` on a real
+    file writes past Python and a full disk goes unnoticed) on a temporary file that becomes ``path``."""
     with atomic_write(path, "wb", exclusive=exclusive) as f:
         write(f)
 

@@ -63,7 +63,7 @@ class ShardReport:
     ``written`` (False when the input could not be opened: nothing was written, a rerun tries it again),
     ``items`` (input items it covered: images, text lines, or samples of a tar or parquet file),
     ``resumed`` (of those, how many came from batches saved by an interrupted run), ``notes`` (one line each:
-    saved batches that could not be reused), ``timings`` (seconds per stage: :data:`STAGES`), the ``worker``
+    saved batches that could not be reused, the reader's notes on metadata and captions), ``timings`` (seconds per stage: :data:`STAGES`), the ``worker``
     (host:pid) that did it, and when (``started``, ``finished``: Unix time in seconds, the worker's clock)."""
 
     shard_id: int
@@ -439,11 +439,13 @@ class ShardEmbedder:
             report.error, report.written, report.finished = f"{source.name}: not written: {e}", False, time.time()
             return report
         report.skipped, report.missing_images, report.error = list(shard.skipped), shard.missing_images, shard.error
+        report.notes += shard.notes
         samples = list(enumerate(shard.samples))  # (item position for image files and text lines, sample)
         report.items = len(samples) if source.kind in FILE_KINDS else len(source.items)
         where = (lambda s: f"{source.path}:{s.key}: ") if source.path else (lambda s: "")  # file paths name themselves
         if "text" in self.modalities:
-            report.skipped += [f"{where(s)}no caption" for _, s in samples if s.caption is None]
+            report.skipped += [f"{where(s)}{'blank' if isinstance(s.metadata.get('caption'), str) else 'no'} caption"
+                               for _, s in samples if s.caption is None]
             samples = [(i, s) for i, s in samples if s.caption is not None]
         if "image" in self.modalities:
             report.skipped += [f"{where(s)}no image" for _, s in samples if s.image is None]

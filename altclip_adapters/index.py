@@ -59,6 +59,7 @@ from .store import (
     MODALITIES,
     ShardFiles,
     _stat_token,
+    check_modality,
     folder_modalities,
     read_manifest,
     shards,
@@ -84,9 +85,7 @@ def _faiss():
 
 def index_path(folder: str | Path, modality: str) -> Path:
     """``DIR/image.index`` or ``DIR/text.index`` (clip-retrieval's names)."""
-    if modality not in MODALITIES:
-        raise ValueError(f"modality must be 'image' or 'text'; got {modality!r}")
-    return Path(folder) / f"{modality}.index"
+    return Path(folder) / f"{check_modality(modality)}.index"
 
 
 def info_path(folder: str | Path, modality: str) -> Path:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from .bulk import ShardEmbedder, ShardReport
 from .shards import ShardSource
+from .store import check_modality
 
 if TYPE_CHECKING:
     import numpy as np
@@ -96,9 +97,7 @@ class AltCLIPEmbedder:
         num_threads: int | None = None,
         **embedder_kwargs: Any,
     ):
-        if modality not in DEFAULT_COLUMNS:
-            raise ValueError(f"modality must be 'image' or 'text'; got {modality!r}")
-        self.modality = modality
+        self.modality = check_modality(modality)
         self.column = column or DEFAULT_COLUMNS[modality]
         self.output_column = output_column
         self.error_column = error_column
@@ -181,12 +180,8 @@ def add_embeddings(
     own ``output_column`` and ``error_column``. The Dataset is lazy: nothing runs until it is consumed.
     """
     ray = _import_ray()
-    gpu = bool(num_gpus and num_gpus > 0)
-    if not gpu and num_cpus is None:
-        num_cpus = 1
-    resources = {"num_gpus": num_gpus} if gpu else {}  # num_gpus=0 would still be read as a GPU request
-    if num_cpus is not None:
-        resources["num_cpus"] = num_cpus
+    options, num_cpus = resources(num_gpus, num_cpus)
+    gpu = "num_gpus" in options
     return ds.map_batches(
         AltCLIPEmbedder,
         fn_constructor_kwargs=dict(
@@ -202,7 +197,7 @@ def add_embeddings(
         ),
         batch_size=batch_size,
         compute=compute or ray.data.ActorPoolStrategy(size=actors),
-        **resources,
+        **options,
     )
 
 

@@ -207,6 +207,13 @@ def check_outcome(outcome: Outcome) -> None:
         )
 
 
+def blank_lines(paths) -> int:
+    """Blank lines of the ``.txt`` inputs, which are skipped (and counted in the summary), not embedded."""
+    from ..inputs import read_text_lines
+
+    return read_text_lines(paths).blank
+
+
 def run(args: argparse.Namespace, out: Path) -> None:
     if not out.parent.is_dir():
         raise FileNotFoundError(f"the folder for --out does not exist: {out.parent}")
@@ -225,6 +232,8 @@ def run(args: argparse.Namespace, out: Path) -> None:
         notes.append(f"{count(missing, 'row')} without an image (failed downloads) left out")
     if broken := sum(bool(r.error) and r.written for r in outcome.reports):
         notes.append(f"{count(broken, 'truncated shard')} (listed above) written up to the break")
+    if outcome.inputs.kind == "texts" and (blank := blank_lines(args.paths)):
+        notes.append(f"{count(blank, 'blank line')} skipped")
     written = sum(r.written for r in outcome.reports)
     rows = count(outcome.total("rows"), " and ".join(outcome.embedded) + " embedding row")
     print(f"wrote {rows} in {count(written, 'shard')} to {out}" + "".join(f"; {note}" for note in notes))

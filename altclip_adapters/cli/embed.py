@@ -76,29 +76,10 @@ def run(args: argparse.Namespace) -> None:
     notes = []
     if skipped := len(outcome.inputs.keys) - len(found):
         notes.append(f"{_folder.count(skipped, 'unreadable image')} skipped (listed above or in an earlier run)")
-    if kind == "texts" and (blank := _blank_lines(args.paths)):
+    if kind == "texts" and (blank := _folder.blank_lines(args.paths)):
         notes.append(f"{_folder.count(blank, 'blank line')} skipped")
     print(f"wrote {len(found):,} {modality} embeddings to {out}" + "".join(f"; {note}" for note in notes))
     _folder.check_outcome(outcome)
-
-
-def _blank_lines(paths) -> int:
-    from ..inputs import read_text_lines
-
-    return read_text_lines(paths).blank
-
-
-# kept for cli/search.py until it imports them from altclip_adapters.store
-def write_index(out: Path, ids, embeddings, meta) -> None:
-    from ..store import write_embedding_file
-
-    write_embedding_file(out, ids, embeddings, meta)
-
-
-def read_index(path: Path):
-    from ..store import read_embedding_file
-
-    return read_embedding_file(path)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

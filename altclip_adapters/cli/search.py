@@ -37,11 +37,11 @@ def describe(metadata: dict[str, Any]) -> str:
 
 def search_file(args: argparse.Namespace, path: Path) -> None:
     from ..index import exact_search
-    from .embed import read_index  # the one reader of single-file outputs (moving to store.py: the lead switches it)
+    from ..store import read_embedding_file
 
     if args.modality:
         raise CLIError("--modality applies to an embedding folder; a .npy or .parquet index holds one modality")
-    ids, embeddings, meta = read_index(path)
+    ids, embeddings, meta = read_embedding_file(path)
     query = embed_query(args, args.model or meta["model"], embeddings.shape[1], meta["model"])
     scores, rows = exact_search([embeddings], query, min(args.k, len(ids)), unit=True)
     for rank, (score, row) in enumerate(zip(scores[0].tolist(), rows[0].tolist()), 1):
