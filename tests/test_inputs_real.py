@@ -98,7 +98,7 @@ def test_without_pillow_heif_a_heic_photo_is_named_once_with_the_extra(tiny_dir,
         "'--device', 'cpu', '--quiet']))"
     )
     assert result.returncode == 0, result.stderr
-        lines = [line for line in result.stderr.splitlines() if "time per stage" not in line]
+    lines = [line for line in result.stderr.splitlines() if "time per stage" not in line]
     assert lines == [line for line in lines if line.startswith("altclip: skipped: ")] and len(lines) == 1
     assert "e.HEIC" in lines[0] and "pip install 'altclip-adapters[heif]'" in lines[0]
     assert result.stdout.strip().endswith("; 1 unreadable or incomplete sample skipped (listed above)")
