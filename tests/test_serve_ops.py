@@ -175,17 +175,17 @@ def start(tiny_dir, *options: str, env: dict | None = None) -> tuple[subprocess.
 def test_sigterm_finishes_in_flight_requests_and_exits_0(tiny_dir):
     process, url = start(tiny_dir, "--max-batch-size", "2", env={"ALTCLIP_API_KEY": "sk-env-key"})
     try:
-        texts = [f"a long request, text {i} " * 8 for i in range(512)]  # seconds of forward passes, 2 texts each
+        texts = [f"a long request, text {i} " * 8 for i in range(2048)]  # 1,024 forward passes of 2 texts each
         answers = []
         sender = threading.Thread(target=lambda: answers.append(httpx.post(
             url + "/v1/embeddings", json={"model": tiny_dir.name, "input": texts}, headers=bearer("sk-env-key"), timeout=120)))
         sender.start()
-        time.sleep(1.0)
+        time.sleep(0.5)
         assert sender.is_alive()  # the request is in flight when the signal comes
         process.send_signal(signal.SIGTERM)
         sender.join(120)
         assert process.wait(60) == 0
-        assert answers and answers[0].status_code == 200 and len(answers[0].json()["data"]) == 512
+        assert answers and answers[0].status_code == 200 and len(answers[0].json()["data"]) == 2048
         with pytest.raises(httpx.TransportError):
             httpx.get(url + "/health")
     finally:

@@ -123,7 +123,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     auth.add_argument("--api-key", action="append", default=[], metavar="KEY",
                       help="accept 'Authorization: Bearer KEY' (repeatable; prefer --api-key-file or the environment "
                            "variable ALTCLIP_API_KEY: argv is visible to other users); without any key there is no auth")
-    auth.add_argument("--api-key-file", metavar="FILE", help="accepted keys, one per line")
+    auth.add_argument("--api-key-file", metavar="FILE", help="accepted keys, one per line (default: none; keys in a file stay out of `ps`)")
     auth.add_argument("--allowed-hosts", action="append", default=[], metavar="NAME",
                       help="also accept this Host header name (repeatable; on loopback only loopback names are accepted, "
                            "elsewhere any unless this is given)")

@@ -48,7 +48,7 @@ def served_model_name(model: str) -> str:
 
     card = find(model)
     if card is not None:
-        return card["name"]
+        return card.name
     return Path(str(model).rstrip("/\\")).name or str(model)
 
 
