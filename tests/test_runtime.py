@@ -1,0 +1,135 @@
+"""Runtimes behind the one Embedder: OpenVINO against transformers.AltCLIPModel, its cache, ``auto``, bad options,
+and bf16 fidelity at BAAI/AltCLIP's widths."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import TEXTS, make_images
+from PIL import Image
+from transformers import AltCLIPModel, AltCLIPProcessor
+
+from altclip_adapters import AltCLIP
+from altclip_adapters.config import AltCLIPConfig, TextConfig, VisionConfig
+from altclip_adapters.pipeline import Embedder, fuse_quick_gelu
+from altclip_adapters.runtimes import OpenVINOTowers, cache_key, cpu_has_bf16, resolve_runtime
+
+pytest.importorskip("openvino")  # the extra; CI installs every extra
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    """Each test converts into its own cache folder."""
+    monkeypatch.setenv("ALTCLIP_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "openvino"
+
+
+@pytest.fixture(scope="module")
+def image_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("runtime_images")
+    paths = []
+    for i, image in enumerate(make_images(5, seed=7)):
+        paths.append(folder / f"image{i}.png")
+        image.save(paths[-1])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_dir, image_files):
+    """transformers.AltCLIPModel's normalised text and image embeddings of TEXTS and image_files."""
+    model, processor = AltCLIPModel.from_pretrained(tiny_dir).eval(), AltCLIPProcessor.from_pretrained(tiny_dir)
+    with torch.no_grad():
+        text = model.get_text_features(**processor(text=TEXTS, padding=True, return_tensors="pt")).pooler_output
+        pixels = processor(images=[Image.open(p) for p in image_files], return_tensors="pt")
+        image = model.get_image_features(**pixels).pooler_output
+    return F.normalize(text, dim=-1), F.normalize(image, dim=-1)
+
+
+def test_openvino_f32_equals_transformers(tiny_dir, reference, image_files):
+    embedder = Embedder(AltCLIP.from_pretrained(tiny_dir), runtime="openvino", dtype=torch.float32, batch_size=2)
+    assert (embedder.runtime, embedder.precision) == ("openvino", "f32")
+    text, image = reference
+    torch.testing.assert_close(embedder.texts(TEXTS), text, atol=1e-5, rtol=0)  # batches padded to their own longest
+    torch.testing.assert_close(embedder.images(image_files), image, atol=1e-5, rtol=0)
+    assert embedder.texts([]).shape == (0, text.shape[1])
+
+
+def test_openvino_bf16_stays_close(tiny_dir, reference, image_files):
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no bf16: OpenVINO runs f32 (tested above)")
+    embedder = Embedder(AltCLIP.from_pretrained(tiny_dir), runtime="openvino")
+    assert embedder.precision == "bf16"
+    text, image = reference
+    assert F.cosine_similarity(embedder.texts(TEXTS), text).min() > 0.999
+    assert F.cosine_similarity(embedder.images(image_files), image).min() > 0.999
+
+
+def test_conversion_is_cached_and_a_stale_cache_rebuilt(tiny_dir, cache, reference):
+    first = Embedder(AltCLIP.from_pretrained(tiny_dir), runtime="openvino", dtype=torch.float32)
+    (folder,) = cache.iterdir()
+    files = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    assert set(files) == {"text.xml", "text.bin", "image.xml", "image.bin", "altclip_openvino.json"}
+    Embedder(AltCLIP.from_pretrained(tiny_dir), runtime="openvino", dtype=torch.float32)  # read, not rewritten
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == files
+    (folder / "text.bin").write_bytes(b"damaged")  # a damaged cache is converted again
+    manifest = json.loads((folder / "altclip_openvino.json").read_text())
+    (folder / "altclip_openvino.json").write_text(json.dumps({**manifest, "key": "an older conversion"}))
+    again = Embedder(AltCLIP.from_pretrained(tiny_dir), runtime="openvino", dtype=torch.float32)
+    torch.testing.assert_close(again.texts(TEXTS), reference[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(again.texts(TEXTS), first.texts(TEXTS), atol=0, rtol=0)
+    other = AltCLIP.from_pretrained(tiny_dir)  # other weights: another key, another folder
+    with torch.no_grad():
+        other.text_projection.weight.mul_(2)
+    assert cache_key(other) != cache_key(fuse_quick_gelu(AltCLIP.from_pretrained(tiny_dir)))
+    Embedder(other, runtime="openvino")
+    assert len(list(cache.iterdir())) == 2
+    assert not [p for p in cache.rglob("*") if p.name.startswith(".")]  # no temporary files left
+
+
+def test_auto_picks_openvino_bf16_on_a_bf16_cpu_and_torch_otherwise(tiny_dir, monkeypatch):
+    monkeypatch.delenv("ALTCLIP_RUNTIME")
+    auto = Embedder(AltCLIP.from_pretrained(tiny_dir))
+    assert auto.runtime == ("openvino" if cpu_has_bf16() else "torch")
+    for torch_options in ({"dtype": torch.float32}, {"int8": True}, {"dtype": torch.bfloat16}):
+        assert Embedder(AltCLIP.from_pretrained(tiny_dir), **torch_options).runtime == "torch"
+    assert resolve_runtime(None, torch.device("cuda")) == "torch"  # GPUs stay torch
+    monkeypatch.setenv("ALTCLIP_RUNTIME", "torch")
+    assert Embedder(AltCLIP.from_pretrained(tiny_dir)).runtime == "torch"
+
+
+def test_bad_runtime_options_get_one_clear_error(tiny_dir):
+    model = AltCLIP.from_pretrained(tiny_dir)
+    with pytest.raises(ValueError, match="runtime must be one of auto, torch, openvino; got 'tensorrt'"):
+        Embedder(model, runtime="tensorrt")
+    with pytest.raises(ValueError, match="runtime 'openvino' runs on the CPU; got device cuda"):
+        Embedder(model, runtime="openvino", device="cuda")
+    with pytest.raises(ValueError, match="runtime 'openvino' takes no int8 or compile"):
+        Embedder(model, runtime="openvino", int8=True)
+    with pytest.raises(ValueError, match="its dtype is fp32 or bf16"):
+        Embedder(model, runtime="openvino", dtype=torch.float16)
+    with pytest.raises(ValueError, match="precision must be bf16 or f32"):
+        OpenVINOTowers(model, "int4")
+
+
+def test_bf16_fidelity_at_baai_widths():
+    """BAAI/AltCLIP's widths (1024 hidden, 16 heads, 4096 MLP, ViT-L/14 at 224, 768-d projections) at 6 of its
+    24 layers per tower, random weights: cosine to fp32 >= 0.9995 for texts of mixed lengths and images. The full
+    24 layers take ~4x the time and 8 GB; measured once (README's speed section: text 0.99996, image 0.99997)."""
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no bf16: auto runs torch")
+    torch.manual_seed(0)
+    config = AltCLIPConfig(text=TextConfig(vocab_size=1000, layers=6), vision=VisionConfig(layers=6))
+    model = fuse_quick_gelu(AltCLIP(config).eval())
+    towers = OpenVINOTowers(model, "bf16")
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 1000, (6, 40), generator=generator)
+    ids[:, 0], mask = 0, torch.ones_like(ids)
+    ids[3:, 12:], mask[3:, 12:] = config.text.pad_token_id, 0
+    pixels = torch.randn(3, 3, 224, 224, generator=generator)
+    with torch.inference_mode():
+        text, image = model.encode_text(ids, mask), model.encode_image(pixels)
+    assert F.cosine_similarity(towers.encode_text(ids, mask), text).min() >= 0.9995
+    assert F.cosine_similarity(towers.encode_image(pixels), image).min() >= 0.9995
