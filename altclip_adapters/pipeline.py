@@ -20,16 +20,19 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .core.model import AltCLIP
 from .images import DEFAULT_MAX_IMAGE_PIXELS, check_max_image_pixels, jpeg_orientation, orient
 from .inputs import find_images  # noqa: F401  (public here too: README imports it from this module)
 from .processor import ImageInput, ImageTransform, as_list
 from .runtimes import OpenVINOTowers, resolve_runtime
+
+if TYPE_CHECKING:  # the core imports transformers and timm (seconds): loaded with the model, not with this module
+    from .core.model import AltCLIP
 
 JPEG_SUFFIXES = {".jpg", ".jpeg"}
 
@@ -216,6 +219,8 @@ class Embedder:
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, **kwargs) -> Embedder:
         """Load a registry name, hub id or local folder (see :meth:`AltCLIP.from_pretrained`) and prepare it."""
+        from .core.model import AltCLIP
+
         return cls(AltCLIP.from_pretrained(name_or_path), **kwargs)
 
     # texts -------------------------------------------------------------------------------------

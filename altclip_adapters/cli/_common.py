@@ -79,7 +79,7 @@ def model_options(p: argparse.ArgumentParser, default: str | None = "AltCLIP", b
     p.add_argument("--dtype", choices=list(DTYPES), help="weights and activations (default: bf16 on cuda, fp32 on cpu)")
     p.add_argument("--runtime", choices=["auto", "torch", "openvino"],
                    help="what runs the towers: openvino (CPU, extra 'openvino'), torch, or auto: OpenVINO at bf16 on a "
-                        "CPU with bf16 when installed and no --dtype/--int8/--compile, else torch (default: "
+                        "CPU with bf16 when installed and no dtype, int8 or compile option is given, else torch (default: "
                         "$ALTCLIP_RUNTIME, else auto)")
     if bulk:
         p.add_argument("--int8", action="store_true", help="int8 dynamic quantisation of every Linear layer (CPU only)")

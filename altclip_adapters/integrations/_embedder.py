@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import torch
 
-from ..core import AltCLIP
 from ..pipeline import Embedder, check_batch_size
 from ..processor import ImageInput
+
+if TYPE_CHECKING:
+    from ..core import AltCLIP
 
 ImageLike = ImageInput | IO[bytes]  # paths, PIL images, uint8 arrays, or open binary files such as BytesIO
 
@@ -29,10 +31,12 @@ def load_embedder(
     stays on its device unless ``device`` is given), images read in the calling thread; raises as ``Embedder``
     and ``AltCLIP.from_pretrained`` do."""
     check_batch_size(batch_size)  # before the model loads
-    if isinstance(model, AltCLIP):
-        device = device if device is not None else model.device
-    else:
+    if isinstance(model, (str, Path)):
+        from ..core import AltCLIP  # transformers and timm: with the model, not on import
+
         model = AltCLIP.from_pretrained(model)
+    else:
+        device = device if device is not None else model.device
     return Embedder(
         model, device=device, dtype=dtype, batch_size=batch_size, context_length=context_length, runtime=runtime, num_workers=0
     )
