@@ -21,8 +21,8 @@ pytest.importorskip("openvino")
 
 
 def altclip(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "altclip_adapters.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout)
+    argv = [sys.executable, "-m", "altclip_adapters.cli", *map(str, args)]
+    return subprocess.run(argv, check=False, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
