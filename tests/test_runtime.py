@@ -4,6 +4,7 @@ and bf16 fidelity at BAAI/AltCLIP's widths."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -20,11 +21,13 @@ from altclip_adapters.runtimes import OpenVINOTowers, cache_key, cpu_has_bf16, r
 pytest.importorskip("openvino")  # the extra; CI installs every extra
 
 
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    """Each test converts into its own cache folder."""
-    monkeypatch.setenv("ALTCLIP_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache" / "openvino"
+@pytest.fixture(scope="module", autouse=True)
+def cache(tmp_path_factory):
+    """The tests of this module share one cache folder (the tiny model is converted once)."""
+    folder = tmp_path_factory.mktemp("ov_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ALTCLIP_CACHE", str(folder))
+        yield folder / "openvino"
 
 
 @pytest.fixture(scope="module")
@@ -69,23 +72,24 @@ def test_openvino_bf16_stays_close(tiny_dir, reference, image_files):
 
 def test_conversion_is_cached_and_a_stale_cache_rebuilt(tiny_dir, cache, reference):
     first = Embedder(AltCLIP.from_pretrained(tiny_dir), runtime="openvino", dtype=torch.float32)
-    (folder,) = cache.iterdir()
+    folder = cache / cache_key(first.model)
     files = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     assert set(files) == {"text.xml", "text.bin", "image.xml", "image.bin", "altclip_openvino.json"}
     Embedder(AltCLIP.from_pretrained(tiny_dir), runtime="openvino", dtype=torch.float32)  # read, not rewritten
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == files
-    (folder / "text.bin").write_bytes(b"damaged")  # a damaged cache is converted again
+    # a damaged cache is converted again (a new file: the one in use stays memory-mapped by the models above)
+    (folder / "damaged").write_bytes(b"damaged")
+    os.replace(folder / "damaged", folder / "text.bin")
     manifest = json.loads((folder / "altclip_openvino.json").read_text())
     (folder / "altclip_openvino.json").write_text(json.dumps({**manifest, "key": "an older conversion"}))
     again = Embedder(AltCLIP.from_pretrained(tiny_dir), runtime="openvino", dtype=torch.float32)
     torch.testing.assert_close(again.texts(TEXTS), reference[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(again.texts(TEXTS), first.texts(TEXTS), atol=0, rtol=0)
-    other = AltCLIP.from_pretrained(tiny_dir)  # other weights: another key, another folder
+    other = fuse_quick_gelu(AltCLIP.from_pretrained(tiny_dir))  # other weights: another key, another folder
+    assert cache_key(other) == folder.name
     with torch.no_grad():
-        other.text_projection.weight.mul_(2)
-    assert cache_key(other) != cache_key(fuse_quick_gelu(AltCLIP.from_pretrained(tiny_dir)))
-    Embedder(other, runtime="openvino")
-    assert len(list(cache.iterdir())) == 2
+        other.text_projection.weight[0, 0] += 1e-3
+    assert cache_key(other) != folder.name
     assert not [p for p in cache.rglob("*") if p.name.startswith(".")]  # no temporary files left
 
 
@@ -116,19 +120,20 @@ def test_bad_runtime_options_get_one_clear_error(tiny_dir):
 
 def test_bf16_fidelity_at_baai_widths():
     """BAAI/AltCLIP's widths (1024 hidden, 16 heads, 4096 MLP, ViT-L/14 at 224, 768-d projections) at 6 of its
-    24 layers per tower, random weights: cosine to fp32 >= 0.9995 for texts of mixed lengths and images. The full
-    24 layers take ~4x the time and 8 GB; measured once (README's speed section: text 0.99996, image 0.99997)."""
+    24 layers per tower (4: bounded time on a shared 2-core machine), random weights: cosine to fp32 >= 0.9995 for
+    texts of mixed lengths and images. All 24 layers take 6 GB and minutes to convert; measured once with them
+    (README's speed section: text 0.99987, image 0.99991)."""
     if not cpu_has_bf16():
         pytest.skip("this CPU has no bf16: auto runs torch")
     torch.manual_seed(0)
-    config = AltCLIPConfig(text=TextConfig(vocab_size=1000, layers=6), vision=VisionConfig(layers=6))
+    config = AltCLIPConfig(text=TextConfig(vocab_size=1000, layers=4), vision=VisionConfig(layers=4))
     model = fuse_quick_gelu(AltCLIP(config).eval())
     towers = OpenVINOTowers(model, "bf16")
     generator = torch.Generator().manual_seed(1)
-    ids = torch.randint(3, 1000, (6, 40), generator=generator)
+    ids = torch.randint(3, 1000, (4, 40), generator=generator)
     ids[:, 0], mask = 0, torch.ones_like(ids)
-    ids[3:, 12:], mask[3:, 12:] = config.text.pad_token_id, 0
-    pixels = torch.randn(3, 3, 224, 224, generator=generator)
+    ids[2:, 12:], mask[2:, 12:] = config.text.pad_token_id, 0
+    pixels = torch.randn(2, 3, 224, 224, generator=generator)
     with torch.inference_mode():
         text, image = model.encode_text(ids, mask), model.encode_image(pixels)
     assert F.cosine_similarity(towers.encode_text(ids, mask), text).min() >= 0.9995
