@@ -7,9 +7,10 @@ on the device; ``decode_on_device=True`` decodes JPEG files with torchvision on 
 ``encode_image`` already runs the last block on the class token only). On a GPU the model runs in
 bf16 by default; ``compile=True`` (or a ``torch.compile`` mode such as ``"reduce-overhead"``,
 which records CUDA graphs) compiles the towers, image batches keeping one fixed shape; on a CPU
-``int8=True`` swaps every Linear layer for a dynamically quantised int8 one (not recommended: text cosine to
-fp32 0.945 at BAAI/AltCLIP's shapes). ``runtime`` picks what runs the towers (:mod:`altclip_adapters.runtimes`):
-on a CPU with bf16 the default is OpenVINO at bf16 inference precision when the extra is installed.
+``int8=True`` stores the weights in int8: with OpenVINO, NNCF weight compression (cosine to fp32 >= 0.9997 at
+BAAI/AltCLIP's widths); with torch, a dynamically quantised int8 Linear (not recommended: text cosine 0.945).
+``runtime`` picks what runs the towers (:mod:`altclip_adapters.runtimes`): on a CPU with bf16 the default is
+OpenVINO at bf16 inference precision when the extra is installed.
 """
 
 from __future__ import annotations
@@ -184,10 +185,12 @@ class Embedder:
             raise ValueError("the model has no processor attached: load it with AltCLIP.from_pretrained")
         self.batch_size = check_batch_size(batch_size)
         self.device = torch.device(device) if device is not None else default_device()
-        self.runtime = resolve_runtime(runtime, self.device, prefer_torch=bool(int8 or compile) or dtype is not None)
-        if self.runtime == "openvino" and (int8 or compile or dtype not in (None, torch.float32, torch.bfloat16)):
-            raise ValueError("runtime 'openvino' takes no int8 or compile (torch options); its dtype is fp32 or bf16")
-        if int8:
+        self.runtime = resolve_runtime(runtime, self.device, prefer_torch=bool(compile) or dtype is not None)
+        if self.runtime == "openvino" and (compile or dtype not in (None, torch.float32, torch.bfloat16)):
+            raise ValueError("runtime 'openvino' takes no compile (a torch option); its dtype is fp32 or bf16")
+        if int8 and self.runtime == "openvino" and dtype is not None:
+            raise ValueError("int8 on OpenVINO keeps its own precisions (int8 weights, bf16 activations): give no dtype")
+        if int8 and self.runtime == "torch":
             if self.device.type != "cpu" or dtype not in (None, torch.float32):
                 raise ValueError("int8 dynamic quantisation runs on the CPU in float32 only")
             model = quantize_int8(fuse_quick_gelu(model))
@@ -207,11 +210,12 @@ class Embedder:
         self.max_image_pixels = check_max_image_pixels(max_image_pixels)
         self._lock = threading.Lock()
         if self.runtime == "openvino":
-            towers = OpenVINOTowers(model, {None: None, torch.float32: "f32", torch.bfloat16: "bf16"}[dtype])
+            precision = "int8" if int8 else {None: None, torch.float32: "f32", torch.bfloat16: "bf16"}[dtype]
+            towers = OpenVINOTowers(model, precision)
             self.precision = towers.precision
             self._encode_text, self._encode_image = towers.encode_text, towers.encode_image
             return
-        self.precision = str(self.model.dtype).removeprefix("torch.")
+        self.precision = "int8" if int8 else str(self.model.dtype).removeprefix("torch.")
         mode = compile if isinstance(compile, str) else None
         self._encode_text = torch.compile(model.encode_text, dynamic=True, mode=mode) if compile else model.encode_text
         self._encode_image = torch.compile(model.encode_image, mode=mode) if compile else model.encode_image

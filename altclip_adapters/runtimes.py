@@ -5,10 +5,11 @@
   ``ov.convert_model`` (dynamic batch and sequence length: a batch of texts is padded to its own longest text,
   never to 77), cached under :func:`cache_dir` keyed by the weights, the shapes, the OpenVINO version and this
   module's conversion version (a stale or damaged cache is rebuilt), compiled with ``INFERENCE_PRECISION_HINT``
-  ``bf16`` where the CPU has BF16 (``OPTIMIZATION_CAPABILITIES``), else ``f32``.
-- ``"auto"`` (the default, or ``$ALTCLIP_RUNTIME``): OpenVINO bf16 on a CPU that has BF16 when OpenVINO is
-  installed and no torch-only option (``dtype``, ``int8``, ``compile``) was asked for; torch otherwise (GPUs
-  always). Its fidelity on BAAI/AltCLIP's widths is held by tests/test_runtime.py (cosine >= 0.9995 to fp32).
+  ``bf16`` where the CPU has BF16 (``OPTIMIZATION_CAPABILITIES``), else ``f32``; precision ``int8`` stores every
+  weight in int8 (NNCF weight compression, ``INT8_ASYM``, per channel), activations in bf16 (f32 without BF16).
+- ``"auto"`` (the default, or ``$ALTCLIP_RUNTIME``): OpenVINO bf16 (int8 weights with ``int8=True``) on a CPU
+  that has BF16 when OpenVINO is installed and no torch-only option (``dtype``, ``compile``) was asked for; torch
+  otherwise (GPUs always). Its fidelity on BAAI/AltCLIP's widths is held by tests/test_runtime.py (cosine >= 0.9995 to fp32).
 
 The tower wrappers (:class:`TextTower`, :class:`ImageTower`) are also what ``altclip export`` writes.
 """
@@ -37,7 +38,7 @@ RUNTIMES: tuple[str, ...] = ("auto", "torch", "openvino")
 RUNTIME_ENV = "ALTCLIP_RUNTIME"  # the default runtime when none is given
 CACHE_ENV = "ALTCLIP_CACHE"  # where converted models are cached (default ~/.cache/altclip_adapters)
 CONVERSION_VERSION = 1  # bump when the graphs this module writes change: older caches are rebuilt
-Precision = Literal["f32", "bf16"]
+Precision = Literal["f32", "bf16", "int8"]
 
 
 class TextTower(nn.Module):
@@ -89,7 +90,7 @@ def cpu_has_bf16() -> bool:
 
 def resolve_runtime(runtime: str | None, device: torch.device, *, prefer_torch: bool = False) -> str:
     """``"torch"`` or ``"openvino"`` for a requested ``runtime`` (None: ``$ALTCLIP_RUNTIME``, else ``"auto"``).
-    ``prefer_torch``: an option torch serves best was given (a dtype, int8, compile), so auto picks torch.
+    ``prefer_torch``: an option only torch serves was given (a dtype, compile), so auto picks torch.
     Raises ValueError for an unknown runtime or OpenVINO off the CPU, ImportError when OpenVINO is asked for
     but not installed."""
     runtime = runtime or os.environ.get(RUNTIME_ENV) or "auto"
@@ -178,12 +179,21 @@ def save_model(ov_model, xml: Path) -> None:
                 os.replace(Path(tmp) / f"model{suffix}", target)
 
 
-def converted(model: AltCLIP, folder: Path | None = None):
-    """``(text, image)`` OpenVINO models of ``model`` from the cache (converted and written there when absent,
-    stale or unreadable): ``folder`` (default ``cache_dir() / cache_key(model)``) holds ``text.xml/.bin``,
-    ``image.xml/.bin`` and ``altclip_openvino.json``, written last, naming the key."""
+def compress_int8(ov_model):
+    """``ov_model`` with int8 weights (NNCF ``compress_weights``, INT8_ASYM, per output channel)."""
+    try:
+        import nncf
+    except ImportError as e:
+        raise ImportError("OpenVINO int8 needs NNCF: pip install 'altclip-adapters[openvino]'") from e
+    return nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+
+
+def converted(model: AltCLIP, folder: Path | None = None, *, int8: bool = False):
+    """``(text, image)`` OpenVINO models of ``model`` (weights int8 with ``int8``) from the cache (converted and
+    written there when absent, stale or unreadable): ``folder`` (default ``cache_dir() / key``) holds
+    ``text.xml/.bin``, ``image.xml/.bin`` and ``altclip_openvino.json``, written last, naming the key."""
     ov = import_openvino()
-    key = cache_key(model)
+    key = cache_key(model) + ("-int8" if int8 else "")
     folder = Path(folder) if folder is not None else cache_dir() / key
     manifest = folder / "altclip_openvino.json"
     core = ov.Core()
@@ -193,6 +203,8 @@ def converted(model: AltCLIP, folder: Path | None = None):
     except (OSError, ValueError, KeyError, RuntimeError):
         pass  # absent, stale or damaged: convert again
     text, image = convert(model)
+    if int8:
+        text, image = compress_int8(text), compress_int8(image)
     folder.mkdir(parents=True, exist_ok=True)
     manifest.unlink(missing_ok=True)
     save_model(text, folder / "text.xml")
@@ -202,21 +214,23 @@ def converted(model: AltCLIP, folder: Path | None = None):
 
 
 class OpenVINOTowers:
-    """Both towers of ``model`` compiled for OpenVINO's CPU plugin at ``precision`` (``"bf16"`` or ``"f32"``;
-    None: bf16 where the CPU has it), with as many threads as torch uses. ``encode_text`` / ``encode_image``
+    """Both towers of ``model`` compiled for OpenVINO's CPU plugin at ``precision`` (``"bf16"``, ``"f32"`` or
+    ``"int8"``: int8 weights, bf16 activations where the CPU has them; None: bf16 where the CPU has it, else f32),
+    with as many threads as torch uses. ``encode_text`` / ``encode_image``
     take and return what :meth:`AltCLIP.encode_text` / ``encode_image`` do (float32 CPU tensors). One
     inference request per tower, used by one thread at a time."""
 
     def __init__(self, model: AltCLIP, precision: Precision | None = None, *, cache: Path | None = None):
         ov = import_openvino()
-        self.precision = precision or ("bf16" if cpu_has_bf16() else "f32")
-        if self.precision not in ("bf16", "f32"):
-            raise ValueError(f"OpenVINO precision must be bf16 or f32; got {self.precision!r}")
+        bf16 = cpu_has_bf16()
+        self.precision = precision or ("bf16" if bf16 else "f32")
+        if self.precision not in ("bf16", "f32", "int8"):
+            raise ValueError(f"OpenVINO precision must be bf16, f32 or int8; got {self.precision!r}")
         self.projection_dim = model.config.projection_dim
         self.pad_token_id = model.config.text.pad_token_id
-        text, image = converted(model, cache)
+        text, image = converted(model, cache, int8=self.precision == "int8")
         config = {
-            "INFERENCE_PRECISION_HINT": self.precision,
+            "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "int8" and bf16 else self.precision.replace("int8", "f32"),
             "INFERENCE_NUM_THREADS": torch.get_num_threads(),
             "PERFORMANCE_HINT": "LATENCY",
         }

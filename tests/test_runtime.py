@@ -70,6 +70,15 @@ def test_openvino_bf16_stays_close(tiny_dir, reference, image_files):
     assert F.cosine_similarity(embedder.images(image_files), image).min() > 0.999
 
 
+def test_openvino_int8_weights_stay_close(tiny_dir, reference, image_files, cache):
+    embedder = Embedder(AltCLIP.from_pretrained(tiny_dir), runtime="openvino", int8=True)
+    assert (embedder.runtime, embedder.precision) == ("openvino", "int8")
+    assert (cache / f"{cache_key(embedder.model)}-int8" / "altclip_openvino.json").is_file()  # beside the float one
+    text, image = reference
+    assert F.cosine_similarity(embedder.texts(TEXTS), text).min() > 0.995
+    assert F.cosine_similarity(embedder.images(image_files), image).min() > 0.995
+
+
 def test_conversion_is_cached_and_a_stale_cache_rebuilt(tiny_dir, cache, reference):
     first = Embedder(AltCLIP.from_pretrained(tiny_dir), runtime="openvino", dtype=torch.float32)
     folder = cache / cache_key(first.model)
@@ -97,8 +106,9 @@ def test_auto_picks_openvino_bf16_on_a_bf16_cpu_and_torch_otherwise(tiny_dir, mo
     monkeypatch.delenv("ALTCLIP_RUNTIME")
     auto = Embedder(AltCLIP.from_pretrained(tiny_dir))
     assert auto.runtime == ("openvino" if cpu_has_bf16() else "torch")
-    for torch_options in ({"dtype": torch.float32}, {"int8": True}, {"dtype": torch.bfloat16}):
+    for torch_options in ({"dtype": torch.float32}, {"compile": True}, {"dtype": torch.bfloat16}):
         assert Embedder(AltCLIP.from_pretrained(tiny_dir), **torch_options).runtime == "torch"
+    assert Embedder(AltCLIP.from_pretrained(tiny_dir), int8=True).runtime == auto.runtime  # int8 weights on OpenVINO
     assert resolve_runtime(None, torch.device("cuda")) == "torch"  # GPUs stay torch
     monkeypatch.setenv("ALTCLIP_RUNTIME", "torch")
     assert Embedder(AltCLIP.from_pretrained(tiny_dir)).runtime == "torch"
@@ -110,11 +120,13 @@ def test_bad_runtime_options_get_one_clear_error(tiny_dir):
         Embedder(model, runtime="tensorrt")
     with pytest.raises(ValueError, match="runtime 'openvino' runs on the CPU; got device cuda"):
         Embedder(model, runtime="openvino", device="cuda")
-    with pytest.raises(ValueError, match="runtime 'openvino' takes no int8 or compile"):
-        Embedder(model, runtime="openvino", int8=True)
+    with pytest.raises(ValueError, match="runtime 'openvino' takes no compile"):
+        Embedder(model, runtime="openvino", compile=True)
     with pytest.raises(ValueError, match="its dtype is fp32 or bf16"):
         Embedder(model, runtime="openvino", dtype=torch.float16)
-    with pytest.raises(ValueError, match="precision must be bf16 or f32"):
+    with pytest.raises(ValueError, match="int8 on OpenVINO keeps its own precisions"):
+        Embedder(model, runtime="openvino", int8=True, dtype=torch.float32)
+    with pytest.raises(ValueError, match="precision must be bf16, f32 or int8"):
         OpenVINOTowers(model, "int4")
 
 

@@ -82,7 +82,8 @@ def model_options(p: argparse.ArgumentParser, default: str | None = "AltCLIP", b
                         "CPU with bf16 when installed and no dtype, int8 or compile option is given, else torch (default: "
                         "$ALTCLIP_RUNTIME, else auto)")
     if bulk:
-        p.add_argument("--int8", action="store_true", help="int8 dynamic quantisation of every Linear layer (CPU only)")
+        p.add_argument("--int8", action="store_true", help="int8 weights (CPU): NNCF weight compression with OpenVINO, torch's dynamic "
+                       "int8 Linear layers with --runtime torch")
         p.add_argument("--compile", action="store_true", help="torch.compile the towers (pays off over many batches)")
         p.add_argument("--compile-mode", help="a torch.compile mode, e.g. reduce-overhead (CUDA graphs); implies "
                        "--compile (default: torch.compile's default mode)")
