@@ -260,7 +260,8 @@ def bench_towers(args, folder: Path, device: torch.device, preset: dict) -> None
 
 
 def bench_openvino(ref, folder: Path, x, ids, text_batch: int, truth: dict, fns, torch_s: tuple, rounds: int, reps: int) -> None:
-    """CPU rows per OpenVINO precision (ours, through the Embedder) against the same fp32 reference, then plain
+    """CPU rows per OpenVINO precision (f32, bf16, int8 weights; ours, through the Embedder) against the same fp32
+    reference, then plain
     OpenVINO bf16 of the reference (``ov.convert_model`` of transformers' towers: what a user gets without us),
     and the ratios of our default CPU path to it and to our torch fp32."""
     from altclip_adapters.runtimes import cpu_has_bf16, openvino_available
@@ -271,14 +272,14 @@ def bench_openvino(ref, folder: Path, x, ids, text_batch: int, truth: dict, fns,
     image_fns, text_fns = fns
     device, batch = torch.device("cpu"), x.shape[0]
     rates = {}
-    for precision in ("f32", "bf16") if cpu_has_bf16() else ("f32",):
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        embedder = Embedder(AltCLIP.from_pretrained(folder), runtime="openvino", dtype=dtype, batch_size=text_batch)
+    for precision in ("f32", "bf16", "int8") if cpu_has_bf16() else ("f32", "int8"):
+        options = {"int8": True} if precision == "int8" else {"dtype": torch.bfloat16 if precision == "bf16" else torch.float32}
+        embedder = Embedder(AltCLIP.from_pretrained(folder), runtime="openvino", batch_size=text_batch, **options)
         ref_s, ov_s, _, images = compare(*image_fns(ref, embedder, x), device, rounds, reps)
-        row(f"image tower openvino {precision}, batch {batch}", batch / ov_s, batch / ref_s, "img/s",
+        row(f"image tower openvino {embedder.precision}, batch {batch}", batch / ov_s, batch / ref_s, "img/s",
             f"cos {min_cosine(images, truth['image']):.6f}")
         ref_text_s, ov_text_s, _, texts = compare(*text_fns(ref, embedder), device, rounds, 1)
-        row(f"text tower openvino {precision}, batch {text_batch}", len(ids) / ov_text_s, len(ids) / ref_text_s, "txt/s",
+        row(f"text tower openvino {embedder.precision}, batch {text_batch}", len(ids) / ov_text_s, len(ids) / ref_text_s, "txt/s",
             f"cos {min_cosine(texts, truth['text']):.6f}")
         rates[precision] = (ov_s, ov_text_s)
         del embedder
@@ -295,7 +296,8 @@ def bench_openvino(ref, folder: Path, x, ids, text_batch: int, truth: dict, fns,
         f"cos {min_cosine(texts, truth['text']):.6f}")
     print(f"  ratios of our default CPU path (openvino {'bf16' if 'bf16' in rates else 'f32'}): images "
           f"{plain_s / default[0]:.2f}x plain OpenVINO, {torch_s[0] / default[0]:.2f}x our torch fp32; texts "
-          f"{plain_text_s / default[1]:.2f}x plain OpenVINO, {torch_s[1] / default[1]:.2f}x our torch fp32")
+          f"{plain_text_s / default[1]:.2f}x plain OpenVINO, {torch_s[1] / default[1]:.2f}x our torch fp32; openvino int8 "
+          f"weights: images {plain_s / rates['int8'][0]:.2f}x, texts {plain_text_s / rates['int8'][1]:.2f}x plain OpenVINO")
 
 
 def plain_openvino(ref, x, ids, text_batch: int) -> dict:
