@@ -396,13 +396,16 @@ def bench_end_to_end(args, folder: Path, device: torch.device, preset: dict) -> 
 
     ours_paths = paths[: preset["jpegs"]]
     warm = ours_paths[:batch] if device.type == "cuda" else ours_paths[:1]
-    model = AltCLIP.from_pretrained(folder)
-    for on_device in (False, True) if device.type == "cuda" else (False,):
-        embedder = Embedder(model, device=device, dtype=dtype, batch_size=batch, num_workers=args.workers, decode_on_device=on_device)
+    # GPU: torch, then nvJPEG; CPU: torch at --dtype, then the default runtime (auto: OpenVINO bf16 on a bf16 CPU)
+    variants = [(True, {"dtype": dtype})] if device.type == "cuda" else [(False, {"runtime": "auto"})]
+    for on_device, options in [(False, {"dtype": dtype}), *variants]:
+        embedder = Embedder(AltCLIP.from_pretrained(folder), device=device, batch_size=batch, num_workers=args.workers,
+                            decode_on_device=on_device, **options)
         ref_s, ours_s, truth, ours = compare(reference, lambda: embedder.images(ours_paths), warm_ref,
                                              lambda: embedder.images(warm), device, preset["e2e_rounds"], 1)
         fidelity = min_cosine(ours[: len(ref_paths)], truth)
-        label = f"JPEGs -> embeddings, {embedder.num_workers} workers" + (", nvJPEG" if on_device else "")
+        label = (f"JPEGs -> embeddings, {embedder.runtime} {embedder.precision}, {embedder.num_workers} workers"
+                 + (", nvJPEG" if on_device else ""))
         row(label, len(ours_paths) / ours_s, len(ref_paths) / ref_s, "img/s", f"cos to ref {args.dtype[0]} {fidelity:.6f}")
 
 

@@ -29,7 +29,8 @@ def test_cpu_benchmark_prints_every_line_with_its_fidelity(tiny_dir, tmp_path):
     import openvino as ov  # the runtime rows: OpenVINO f32 (+ bf16 where the CPU has it) and plain OpenVINO of the ref
 
     bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    assert len(cosines) == 9 + 6 + 2 * bf16, cosines
+    assert len(cosines) == 9 + 6 + 2 * bf16 + 1, cosines  # + end to end on the default runtime
+    assert re.search(r"JPEGs -> embeddings, (openvino bf16|torch float32), 0 workers", out)
     for line in ("image tower openvino f32", "text tower openvino f32", "image tower openvino int8", "image tower plain OpenVINO",
                  "text tower plain OpenVINO", "ratios of our default CPU path"):
         assert line in out, f"missing line {line!r} in:\n{out}"
@@ -44,7 +45,8 @@ def test_benchmark_leaves_no_temporary_files(tiny_dir, tmp_path):
     temp = tmp_path / "tmp"
     temp.mkdir()
     command = [sys.executable, str(BENCH), "--device", "cpu", "--checkpoint", str(tiny_dir), "--only", "startup", "e2e"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "TMPDIR": str(temp)},
+    env = {**os.environ, "TMPDIR": str(temp), "ALTCLIP_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env,
                             check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert re.search(r"altclip --help \(vs import torch\) +ref +[\d.]+ s +ours +[\d.]+ s +ours/ref +[\d.]+x", result.stdout)
