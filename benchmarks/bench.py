@@ -245,7 +245,8 @@ def bench_towers(args, folder: Path, device: torch.device, preset: dict) -> None
             row(f"text tower int8, batch {text_batch}", len(ids) / int8_s, len(ids) / int8_ref_s, "txt/s",
                 f"cos {min_cosine(int8_texts, truth['text']):.6f}")
             del int8
-            bench_openvino(ref, folder, x, ids, text_batch, truth, (image_fns, text_fns), (ours_s, ours_text_s), rounds, reps)
+            torch_speedups = (ref_s / ours_s, ref_text_s / ours_text_s)  # each against the reference of its own rounds
+            bench_openvino(ref, folder, x, ids, text_batch, truth, (image_fns, text_fns), torch_speedups, rounds, reps)
         if args.compile and name == args.dtype[0]:
             ref_c, ours_c = torch.compile(ref.get_image_features), torch.compile(embedder.model.encode_image)
             with torch.inference_mode():
@@ -259,11 +260,13 @@ def bench_towers(args, folder: Path, device: torch.device, preset: dict) -> None
             torch.cuda.empty_cache()
 
 
-def bench_openvino(ref, folder: Path, x, ids, text_batch: int, truth: dict, fns, torch_s: tuple, rounds: int, reps: int) -> None:
+def bench_openvino(ref, folder: Path, x, ids, text_batch: int, truth: dict, fns, torch_speedups: tuple, rounds: int,
+                   reps: int) -> None:
     """CPU rows per OpenVINO precision (f32, bf16, int8 weights; ours, through the Embedder) against the same fp32
     reference, then plain
     OpenVINO bf16 of the reference (``ov.convert_model`` of transformers' towers: what a user gets without us),
-    and the ratios of our default CPU path to it and to our torch fp32."""
+    and the ratios of our default CPU path to it and to our torch fp32. On a busy machine the reference's own rate
+    drifts between rows: each ratio divides two rows' speedups over the reference timed in their own rounds."""
     from altclip_adapters.runtimes import cpu_has_bf16, openvino_available
 
     if not openvino_available():
@@ -272,8 +275,9 @@ def bench_openvino(ref, folder: Path, x, ids, text_batch: int, truth: dict, fns,
     image_fns, text_fns = fns
     device, batch = torch.device("cpu"), x.shape[0]
     rates = {}
-    for precision in ("f32", "bf16", "int8") if cpu_has_bf16() else ("f32", "int8"):
-        options = {"int8": True} if precision == "int8" else {"dtype": torch.bfloat16 if precision == "bf16" else torch.float32}
+    for precision in ("default", "f32", "bf16", "int8") if cpu_has_bf16() else ("default", "int8"):
+        options = {"int8": True} if precision == "int8" else {} if precision == "default" else {
+            "dtype": torch.bfloat16 if precision == "bf16" else torch.float32}
         embedder = Embedder(AltCLIP.from_pretrained(folder), runtime="openvino", batch_size=text_batch, **options)
         ref_s, ov_s, _, images = compare(*image_fns(ref, embedder, x), device, rounds, reps)
         row(f"image tower openvino {embedder.precision}, batch {batch}", batch / ov_s, batch / ref_s, "img/s",
@@ -281,9 +285,9 @@ def bench_openvino(ref, folder: Path, x, ids, text_batch: int, truth: dict, fns,
         ref_text_s, ov_text_s, _, texts = compare(*text_fns(ref, embedder), device, rounds, 1)
         row(f"text tower openvino {embedder.precision}, batch {text_batch}", len(ids) / ov_text_s, len(ids) / ref_text_s, "txt/s",
             f"cos {min_cosine(texts, truth['text']):.6f}")
-        rates[precision] = (ov_s, ov_text_s)
+        rates[precision] = (ref_s / ov_s, ref_text_s / ov_text_s)
         del embedder
-    default = rates.get("bf16") or rates["f32"]
+    default = rates["default"]
     plain = plain_openvino(ref, x, ids, text_batch)
     ref_s, plain_s, _, images = compare(lambda: F.normalize(image_features(ref, x), dim=-1), plain["images"],
                                         lambda: image_features(ref, x[:1]), lambda: plain["images"](slice(0, 1)), device, rounds, reps)
@@ -294,10 +298,11 @@ def bench_openvino(ref, folder: Path, x, ids, text_batch: int, truth: dict, fns,
                                                  lambda: plain["texts"](ids[:1]), device, rounds, 1)
     row(f"text tower plain OpenVINO {plain['precision']} (reference)", len(ids) / plain_text_s, len(ids) / ref_text_s, "txt/s",
         f"cos {min_cosine(texts, truth['text']):.6f}")
-    print(f"  ratios of our default CPU path (openvino {'bf16' if 'bf16' in rates else 'f32'}): images "
-          f"{plain_s / default[0]:.2f}x plain OpenVINO, {torch_s[0] / default[0]:.2f}x our torch fp32; texts "
-          f"{plain_text_s / default[1]:.2f}x plain OpenVINO, {torch_s[1] / default[1]:.2f}x our torch fp32; openvino int8 "
-          f"weights: images {plain_s / rates['int8'][0]:.2f}x, texts {plain_text_s / rates['int8'][1]:.2f}x plain OpenVINO")
+    plain_speedups = (ref_s / plain_s, ref_text_s / plain_text_s)
+    ratio = lambda rate, base: " / ".join(f"{a / b:.2f}x" for a, b in zip(rate, base))
+    print(f"  ratios (images / texts) of our default CPU path: {ratio(default, plain_speedups)} plain OpenVINO, "
+          f"{ratio(default, torch_speedups)} our torch fp32; openvino int8 weights: {ratio(rates['int8'], plain_speedups)} "
+          "plain OpenVINO")
 
 
 def plain_openvino(ref, x, ids, text_batch: int) -> dict:

@@ -29,10 +29,10 @@ def test_cpu_benchmark_prints_every_line_with_its_fidelity(tiny_dir, tmp_path):
     import openvino as ov  # the runtime rows: OpenVINO f32 (+ bf16 where the CPU has it) and plain OpenVINO of the ref
 
     bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    assert len(cosines) == 9 + 6 + 2 * bf16 + 1, cosines  # + end to end on the default runtime
+    assert len(cosines) == 9 + 1 + 6 + 4 * bf16, cosines  # + end to end on the default runtime; OpenVINO rows
     assert re.search(r"JPEGs -> embeddings, (openvino bf16|torch float32), 0 workers", out)
     for line in ("image tower openvino f32", "text tower openvino f32", "image tower openvino int8", "image tower plain OpenVINO",
-                 "text tower plain OpenVINO", "ratios of our default CPU path"):
+                 "text tower plain OpenVINO", "ratios (images / texts) of our default CPU path"):
         assert line in out, f"missing line {line!r} in:\n{out}"
     for name, cos in cosines.items():
         floor = 0.999 if "int8" in name else 0.99 if "bf16" in name else 0.99999
