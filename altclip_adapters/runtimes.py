@@ -19,7 +19,6 @@ The tower wrappers (:class:`TextTower`, :class:`ImageTower`) are also what ``alt
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import os
 import tempfile
@@ -260,10 +259,3 @@ class OpenVINOTowers:
             return torch.zeros(0, self.projection_dim)
         features = self._run(self._image, {"pixel_values": pixel_values.float()})
         return nn.functional.normalize(features, dim=-1) if normalize else features
-
-
-def package_version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
