@@ -7,26 +7,33 @@ on the device; ``decode_on_device=True`` decodes JPEG files with torchvision on 
 ``encode_image`` already runs the last block on the class token only). On a GPU the model runs in
 bf16 by default; ``compile=True`` (or a ``torch.compile`` mode such as ``"reduce-overhead"``,
 which records CUDA graphs) compiles the towers, image batches keeping one fixed shape; on a CPU
-``int8=True`` swaps every Linear layer for a dynamically quantised int8 one.
+``int8=True`` stores the weights in int8: with OpenVINO, NNCF weight compression (cosine to fp32 >= 0.9997 at
+BAAI/AltCLIP's widths); with torch, a dynamically quantised int8 Linear (not recommended: text cosine 0.945).
+``runtime`` picks what runs the towers (:mod:`altclip_adapters.runtimes`): on a CPU with bf16 the default is
+OpenVINO at bf16 inference precision when the extra is installed.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision.io import ImageReadMode, decode_jpeg
 
-from .core.model import AltCLIP
 from .images import DEFAULT_MAX_IMAGE_PIXELS, check_max_image_pixels, jpeg_orientation, orient
 from .inputs import find_images  # noqa: F401  (public here too: README imports it from this module)
 from .processor import ImageInput, ImageTransform, as_list
+from .runtimes import OpenVINOTowers, resolve_runtime
+
+if TYPE_CHECKING:  # the core imports transformers and timm (seconds): loaded with the model, not with this module
+    from .core.model import AltCLIP
 
 JPEG_SUFFIXES = {".jpg", ".jpeg"}
 
@@ -39,6 +46,7 @@ class ImageBatch:
     indices: list[int]
     embeddings: torch.Tensor
     errors: list[tuple[int, str]] = field(default_factory=list)
+    exceptions: list[Exception] = field(default_factory=list, repr=False)  # what raised each error, in that order
 
 
 class _ImageItems(Dataset):
@@ -62,7 +70,7 @@ class _ImageItems(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, int, str | None]:
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, int, Exception | None]:
         """(position, pixels [3, H, W] or JPEG bytes [N], EXIF orientation of those bytes, error)."""
         item = self.items[index]
         try:
@@ -73,10 +81,10 @@ class _ImageItems(Dataset):
                     return index, torch.frombuffer(bytearray(data), dtype=torch.uint8), orientation, None
             return index, self.transform.uint8(item, max_image_pixels=self.max_image_pixels), 1, None
         except Exception as e:  # noqa: BLE001 (reported as this item's error)
-            return index, None, 1, str(e)
+            return index, None, 1, e
 
 
-def _collate(batch: list[tuple[int, torch.Tensor | None, int, str | None]]):
+def _collate(batch: list[tuple[int, torch.Tensor | None, int, Exception | None]]):
     """(positions and stacked pixels of the decoded items, positions and (bytes, EXIF orientation) of the raw
     JPEGs, errors)."""
     decoded = [(i, data) for i, data, _, _ in batch if data is not None and data.ndim == 3]
@@ -87,7 +95,24 @@ def _collate(batch: list[tuple[int, torch.Tensor | None, int, str | None]]):
 
 
 def default_device() -> torch.device:
+    """cuda when torch sees a GPU, else cpu."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_batch_size(batch_size: int) -> int:
+    """``batch_size`` when it is an integer of at least 1; ValueError naming it otherwise."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    return batch_size
+
+
+def check_texts(texts: Sequence[str]) -> list[str]:
+    """``texts`` as a list; TypeError naming the first item that is not a string (or the container)."""
+    texts = as_list(texts, "texts")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"text {i} is a {type(text).__name__}, not a string")
+    return texts
 
 
 QUICK_GELU = 1.702  # quick_gelu(x) = x * sigmoid(1.702 x)
@@ -131,7 +156,14 @@ class Embedder:
     """An AltCLIP model prepared (in place: activations fused, cast or quantised) for bulk
     embedding; returns float32 CPU tensors, L2-normalised by default. Images are read by
     :func:`altclip_adapters.images.load_image`'s rules; an encoded image over ``max_image_pixels``
-    (None: no limit) is unreadable."""
+    (None: no limit) is unreadable. Texts are truncated at ``context_length`` tokens (default: the
+    processor's, 77). ``runtime``: ``"torch"``, ``"openvino"`` or ``"auto"`` (None: ``$ALTCLIP_RUNTIME``, else
+    auto; see :mod:`altclip_adapters.runtimes`); ``self.runtime`` says which runs. Calls from several threads
+    are safe: one forward pass runs at a time.
+
+    Raises ValueError for a model without processor, a bad ``batch_size`` or ``context_length``, int8 off the
+    CPU, an unknown runtime or OpenVINO with a torch-only option; ImportError when OpenVINO is asked for and
+    not installed."""
 
     def __init__(
         self,
@@ -146,28 +178,44 @@ class Embedder:
         num_workers: int | None = None,
         normalize: bool = True,
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        context_length: int | None = None,
+        runtime: str | None = None,
     ):
         if model.processor is None:
             raise ValueError("the model has no processor attached: load it with AltCLIP.from_pretrained")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1; got {batch_size}")
+        self.batch_size = check_batch_size(batch_size)
         self.device = torch.device(device) if device is not None else default_device()
-        if int8:
+        self.runtime = resolve_runtime(runtime, self.device, prefer_torch=bool(compile) or dtype is not None)
+        if self.runtime == "openvino" and (compile or dtype not in (None, torch.float32, torch.bfloat16)):
+            raise ValueError("runtime 'openvino' takes no compile (a torch option); its dtype is fp32 or bf16")
+        if int8 and self.runtime == "openvino" and dtype is not None:
+            raise ValueError("int8 on OpenVINO keeps its own precisions (int8 weights, bf16 activations): give no dtype")
+        if int8 and self.runtime == "torch":
             if self.device.type != "cpu" or dtype not in (None, torch.float32):
                 raise ValueError("int8 dynamic quantisation runs on the CPU in float32 only")
             model = quantize_int8(fuse_quick_gelu(model))
+        elif self.runtime == "openvino":  # the weights stay float32; dtype picks the inference precision
+            model = fuse_quick_gelu(model).to(self.device, torch.float32)
         else:
             dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
             model = fuse_quick_gelu(model).to(self.device, dtype)
         self.model = model.eval()
         self.processor = model.processor
+        self.context_length = self.processor._check_context_length(context_length or self.processor.context_length)
         self.compile = bool(compile)
         self.decode_on_device = decode_on_device
-        self.batch_size = batch_size
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         self.num_workers = num_workers if num_workers is not None else (min(16, cpus) if self.device.type == "cuda" else 0)
         self.normalize = normalize
         self.max_image_pixels = check_max_image_pixels(max_image_pixels)
+        self._lock = threading.Lock()
+        if self.runtime == "openvino":
+            precision = "int8" if int8 else {None: None, torch.float32: "f32", torch.bfloat16: "bf16"}[dtype]
+            towers = OpenVINOTowers(model, precision)
+            self.precision = towers.precision
+            self._encode_text, self._encode_image = towers.encode_text, towers.encode_image
+            return
+        self.precision = "int8" if int8 else str(self.model.dtype).removeprefix("torch.")
         mode = compile if isinstance(compile, str) else None
         self._encode_text = torch.compile(model.encode_text, dynamic=True, mode=mode) if compile else model.encode_text
         self._encode_image = torch.compile(model.encode_image, mode=mode) if compile else model.encode_image
@@ -175,17 +223,16 @@ class Embedder:
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, **kwargs) -> Embedder:
         """Load a registry name, hub id or local folder (see :meth:`AltCLIP.from_pretrained`) and prepare it."""
+        from .core.model import AltCLIP
+
         return cls(AltCLIP.from_pretrained(name_or_path), **kwargs)
 
     # texts -------------------------------------------------------------------------------------
     def iter_texts(self, texts: Sequence[str], *, context_length: int | None = None) -> Iterator[tuple[list[int], torch.Tensor]]:
         """(positions, embeddings) per batch, longest texts first; each batch is padded to its own longest text.
         An empty list yields nothing; TypeError (raised at once) for anything but a list of strings."""
-        texts = as_list(texts, "texts")
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"text {i} is a {type(text).__name__}, not a string")
-        length = context_length or self.processor.context_length
+        texts = check_texts(texts)
+        length = context_length or self.context_length
         ids = self.processor.tokenizer(texts, truncation=True, max_length=length)["input_ids"] if texts else []
         return self.iter_tokens(ids)
 
@@ -198,13 +245,13 @@ class Embedder:
             lengths = [len(ids[i]) for i in positions]
             input_ids = torch.tensor([list(ids[i]) + [pad] * (lengths[0] - n) for i, n in zip(positions, lengths)])
             mask = (torch.arange(lengths[0]) < torch.tensor(lengths)[:, None]).long()
-            with torch.inference_mode():
+            with self._lock, torch.inference_mode():
                 features = self._encode_text(input_ids.to(self.device), mask.to(self.device), normalize=self.normalize)
             yield positions, features.float().cpu()
 
     def texts(self, texts: Sequence[str], *, context_length: int | None = None) -> torch.Tensor:
         """Embeddings [N, projection_dim] float32 of ``texts``, in input order ([0, projection_dim] for none)."""
-        texts = as_list(texts, "texts")
+        texts = check_texts(texts)
         out = torch.empty(len(texts), self.model.config.projection_dim)
         for positions, features in self.iter_texts(texts, context_length=context_length):
             out[positions] = features
@@ -221,7 +268,7 @@ class Embedder:
         if self.compile and count < self.batch_size:  # one fixed shape for the compiled graph
             pixels = torch.cat([pixels, pixels.new_zeros((self.batch_size - count, *pixels.shape[1:]))])
         values = self.processor.image_transform.normalize(pixels).to(self.model.dtype)
-        with torch.inference_mode():
+        with self._lock, torch.inference_mode():
             features = self._encode_image(values, normalize=self.normalize)
         return features[:count].float().cpu()
 
@@ -229,6 +276,8 @@ class Embedder:
         """(positions, resized and cropped uint8 pixels on the device, errors) of raw JPEG files given as
         (bytes, EXIF orientation), turned upright (nvJPEG ignores the tag, so it is applied here on every
         device); a file the device's decoder rejects goes through the CPU loader instead."""
+        from torchvision.io import ImageReadMode, decode_jpeg  # torchvision.io costs seconds to import: only here
+
         transform = self.processor.image_transform
         data = [one for one, _ in jpegs]
         try:
@@ -249,7 +298,7 @@ class Embedder:
                     pixels.append(transform.resize_crop(orient(image, orientation)))
                 positions.append(index)
             except Exception as e:  # noqa: BLE001 (reported as this item's error)
-                errors.append((index, str(e)))
+                errors.append((index, e))
         return positions, pixels, errors
 
     def iter_images(self, images: Sequence[ImageInput]) -> Iterator[ImageBatch]:
@@ -271,21 +320,26 @@ class Embedder:
                 decoded, jpeg_pixels, failed = self._decode_jpegs(images, jpeg_indices, jpegs)
                 parts = [pixels.to(self.device, non_blocking=True)] if pixels is not None else []
                 parts += [torch.stack(jpeg_pixels)] if jpeg_pixels else []
-                indices, errors = indices + decoded, sorted(errors + failed)
+                indices, errors = indices + decoded, sorted(errors + failed, key=lambda error: error[0])
                 pixels = torch.cat(parts) if parts else None
+            messages, exceptions = [(i, str(e)) for i, e in errors], [e for _, e in errors]
             if pixels is None:
-                yield ImageBatch([], torch.empty(0, self.model.config.projection_dim), errors)
+                yield ImageBatch([], torch.empty(0, self.model.config.projection_dim), messages, exceptions)
                 continue
             order = sorted(range(len(indices)), key=indices.__getitem__)
-            yield ImageBatch([indices[i] for i in order], self.encode_pixels(pixels)[order], errors)
+            yield ImageBatch([indices[i] for i in order], self.encode_pixels(pixels)[order], messages, exceptions)
 
     def images(self, images: Sequence[ImageInput]) -> torch.Tensor:
         """Embeddings [N, projection_dim] float32 of ``images``, in input order ([0, projection_dim] for none);
-        raises ValueError naming the first unreadable image."""
+        raises the first unreadable image's error: FileNotFoundError naming a missing file, ValueError /
+        TypeError prefixed with its position (``image 3: ...``)."""
         images = as_list(images, "images")
         out = torch.empty(len(images), self.model.config.projection_dim)
         for batch in self.iter_images(images):
             if batch.errors:
-                raise ValueError(batch.errors[0][1])
+                (index, message), error = batch.errors[0], batch.exceptions[0]
+                if isinstance(error, (ValueError, TypeError)):
+                    raise type(error)(f"image {index}: {message}") from error
+                raise error
             out[batch.indices] = batch.embeddings
         return out

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms.v2 import functional as TF
 
 from .images import DEFAULT_MAX_IMAGE_PIXELS, ImageInput, UnreadableImageError, is_one_image, load_image
 
@@ -28,7 +27,7 @@ __all__ = [
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-_RESAMPLE = {2: TF.InterpolationMode.BILINEAR, 3: TF.InterpolationMode.BICUBIC}  # PIL codes in preprocessor configs
+_RESAMPLE = {2: "BILINEAR", 3: "BICUBIC"}  # PIL codes in preprocessor configs -> torchvision InterpolationMode
 DEFAULT_CONTEXT_LENGTH = 77  # what the AltCLIP authors trained with
 MAX_RESIZE_RATIO = 32  # past this many crops' worth of resized pixels, only the crop's region is computed
 
@@ -106,7 +105,10 @@ class ImageTransform:
         ch, cw = self.crop_size
         if size[0] * size[1] > MAX_RESIZE_RATIO * ch * cw and size[0] >= ch and size[1] >= cw:
             return self.resize_crop_region(pixels.cpu()).to(pixels.device)
-        pixels = TF.resize(pixels, list(size), interpolation=_RESAMPLE[self.resample], antialias=True)
+        from torchvision.transforms.v2 import functional as TF  # torchvision costs seconds: imported on first use
+
+        mode = TF.InterpolationMode[_RESAMPLE[self.resample]]
+        pixels = TF.resize(pixels, list(size), interpolation=mode, antialias=True)
         height, width = pixels.shape[-2:]
         return TF.crop(pixels, int((height - ch) / 2.0), int((width - cw) / 2.0), ch, cw)
 
@@ -140,6 +142,8 @@ class ImageTransform:
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 pixels [..., 3, H, W] -> normalised float32, on whatever device they are."""
         mean, std = (t.to(pixels.device) for t in self._norm)
+        from torchvision.transforms.v2 import functional as TF
+
         return TF.normalize(pixels.to(torch.float32), mean, std)
 
     def __call__(self, image: ImageInput, *, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> torch.Tensor:

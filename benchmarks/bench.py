@@ -79,7 +79,7 @@ def min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def row(name: str, ours: float, ref: float, unit: str, fidelity: str = "") -> None:
-    print(f"  {name:<40} ref {ref:>9.2f} {unit}   ours {ours:>9.2f} {unit}   ours/ref {ours / ref:5.2f}x  {fidelity}")
+    print(f"  {name:<44} ref {ref:>9.2f} {unit}   ours {ours:>9.2f} {unit}   ours/ref {ours / ref:5.2f}x  {fidelity}")
 
 
 def load_reference(folder: Path, device: torch.device, dtype: torch.dtype):
@@ -197,11 +197,9 @@ def bench_towers(args, folder: Path, device: torch.device, preset: dict) -> None
     small = slice(None) if device.type == "cuda" else slice(0, 1)  # CPU warm-ups: one item
 
     def image_fns(ref, embedder, x):
-        model = embedder.model
-
-        def ours(part=slice(None)):
+        def ours(part=slice(None)):  # the embedder's runtime (torch or OpenVINO) on normalised pixels
             with torch.inference_mode():
-                return model.encode_image(x[part], normalize=True)
+                return embedder._encode_image(x[part], normalize=True)
 
         return (lambda: F.normalize(image_features(ref, x), dim=-1), ours, lambda: image_features(ref, x[small]), lambda: ours(small))
 
@@ -246,6 +244,9 @@ def bench_towers(args, folder: Path, device: torch.device, preset: dict) -> None
             int8_ref_s, int8_s, _, int8_texts = compare(*text_fns(ref, int8), device, rounds, 1)
             row(f"text tower int8, batch {text_batch}", len(ids) / int8_s, len(ids) / int8_ref_s, "txt/s",
                 f"cos {min_cosine(int8_texts, truth['text']):.6f}")
+            del int8
+            torch_speedups = (ref_s / ours_s, ref_text_s / ours_text_s)  # each against the reference of its own rounds
+            bench_openvino(ref, folder, x, ids, text_batch, truth, (image_fns, text_fns), torch_speedups, rounds, reps)
         if args.compile and name == args.dtype[0]:
             ref_c, ours_c = torch.compile(ref.get_image_features), torch.compile(embedder.model.encode_image)
             with torch.inference_mode():
@@ -257,6 +258,100 @@ def bench_towers(args, folder: Path, device: torch.device, preset: dict) -> None
         del ref, embedder
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def bench_openvino(ref, folder: Path, x, ids, text_batch: int, truth: dict, fns, torch_speedups: tuple, rounds: int,
+                   reps: int) -> None:
+    """CPU rows per OpenVINO precision (f32, bf16, int8 weights; ours, through the Embedder) against the same fp32
+    reference, then plain
+    OpenVINO bf16 of the reference (``ov.convert_model`` of transformers' towers: what a user gets without us),
+    and the ratios of our default CPU path to it and to our torch fp32. On a busy machine the reference's own rate
+    drifts between rows: each ratio divides two rows' speedups over the reference timed in their own rounds."""
+    from altclip_adapters.runtimes import cpu_has_bf16, openvino_available
+
+    if not openvino_available():
+        print("  (OpenVINO not installed: pip install 'altclip-adapters[openvino]' for its rows)")
+        return
+    image_fns, text_fns = fns
+    device, batch = torch.device("cpu"), x.shape[0]
+    rates = {}
+    for precision in ("default", "f32", "bf16", "int8") if cpu_has_bf16() else ("default", "int8"):
+        options = {"int8": True} if precision == "int8" else {} if precision == "default" else {
+            "dtype": torch.bfloat16 if precision == "bf16" else torch.float32}
+        embedder = Embedder(AltCLIP.from_pretrained(folder), runtime="openvino", batch_size=text_batch, **options)
+        ref_s, ov_s, _, images = compare(*image_fns(ref, embedder, x), device, rounds, reps)
+        row(f"image tower openvino {embedder.precision}, batch {batch}", batch / ov_s, batch / ref_s, "img/s",
+            f"cos {min_cosine(images, truth['image']):.6f}")
+        ref_text_s, ov_text_s, _, texts = compare(*text_fns(ref, embedder), device, rounds, 1)
+        row(f"text tower openvino {embedder.precision}, batch {text_batch}", len(ids) / ov_text_s, len(ids) / ref_text_s, "txt/s",
+            f"cos {min_cosine(texts, truth['text']):.6f}")
+        rates[precision] = (ref_s / ov_s, ref_text_s / ov_text_s)
+        del embedder
+    default = rates["default"]
+    plain = plain_openvino(ref, x, ids, text_batch)
+    ref_s, plain_s, _, images = compare(lambda: F.normalize(image_features(ref, x), dim=-1), plain["images"],
+                                        lambda: image_features(ref, x[:1]), lambda: plain["images"](slice(0, 1)), device, rounds, reps)
+    row(f"image tower plain OpenVINO {plain['precision']} (reference)", batch / plain_s, batch / ref_s, "img/s",
+        f"cos {min_cosine(images, truth['image']):.6f}")
+    ref_text_s, plain_text_s, _, texts = compare(lambda: F.normalize(reference_texts(ref, ids, text_batch, device), dim=-1),
+                                                 plain["texts"], lambda: reference_texts(ref, ids[:1], text_batch, device),
+                                                 lambda: plain["texts"](ids[:1]), device, rounds, 1)
+    row(f"text tower plain OpenVINO {plain['precision']} (reference)", len(ids) / plain_text_s, len(ids) / ref_text_s, "txt/s",
+        f"cos {min_cosine(texts, truth['text']):.6f}")
+    plain_speedups = (ref_s / plain_s, ref_text_s / plain_text_s)
+    ratio = lambda rate, base: " / ".join(f"{a / b:.2f}x" for a, b in zip(rate, base))
+    print(f"  ratios (images / texts) of our default CPU path: {ratio(default, plain_speedups)} plain OpenVINO, "
+          f"{ratio(default, torch_speedups)} our torch fp32; openvino int8 weights: {ratio(rates['int8'], plain_speedups)} "
+          "plain OpenVINO")
+
+
+def plain_openvino(ref, x, ids, text_batch: int) -> dict:
+    """transformers' towers converted as a user would (``ov.convert_model`` with example inputs, dynamic shapes),
+    compiled at bf16 where the CPU has it: ``images(part)`` and ``texts(ids)`` give normalised embeddings."""
+    import warnings
+
+    import openvino as ov
+
+    from altclip_adapters.runtimes import cpu_has_bf16
+
+    class Image(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ref = ref
+
+        def forward(self, pixel_values):
+            return self.ref.get_image_features(pixel_values=pixel_values).pooler_output
+
+    class Text(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ref = ref
+
+        def forward(self, input_ids, attention_mask):
+            return self.ref.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+
+    precision = "bf16" if cpu_has_bf16() else "f32"
+    example = torch.tensor([ids[0]])
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        image = ov.convert_model(Image().eval(), example_input=x[:1].float(), input=[-1, *x.shape[1:]])
+        text = ov.convert_model(Text().eval(), example_input=(example, torch.ones_like(example)), input=[[-1, -1], [-1, -1]])
+    core, config = ov.Core(), {"INFERENCE_PRECISION_HINT": precision}
+    image, text = core.compile_model(image, "CPU", config), core.compile_model(text, "CPU", config)
+
+    def images(part=slice(None)):
+        return F.normalize(torch.from_numpy(image(x[part].float().numpy())[0].copy()), dim=-1)
+
+    def texts(token_ids=ids):
+        out = []
+        for start in range(0, len(token_ids), text_batch):
+            chunk = token_ids[start : start + text_batch]
+            longest = max(map(len, chunk))
+            input_ids = np.array([t + [1] * (longest - len(t)) for t in chunk])
+            out.append(torch.from_numpy(text([input_ids, (input_ids != 1).astype(np.int64)])[0].copy()))
+        return F.normalize(torch.cat(out), dim=-1)
+
+    return {"images": images, "texts": texts, "precision": precision}
 
 
 # end to end: a folder of JPEGs -> embeddings -------------------------------------------------------
@@ -306,13 +401,16 @@ def bench_end_to_end(args, folder: Path, device: torch.device, preset: dict) -> 
 
     ours_paths = paths[: preset["jpegs"]]
     warm = ours_paths[:batch] if device.type == "cuda" else ours_paths[:1]
-    model = AltCLIP.from_pretrained(folder)
-    for on_device in (False, True) if device.type == "cuda" else (False,):
-        embedder = Embedder(model, device=device, dtype=dtype, batch_size=batch, num_workers=args.workers, decode_on_device=on_device)
+    # GPU: torch, then nvJPEG; CPU: torch at --dtype, then the default runtime (auto: OpenVINO bf16 on a bf16 CPU)
+    variants = [(True, {"dtype": dtype})] if device.type == "cuda" else [(False, {"runtime": "auto"})]
+    for on_device, options in [(False, {"dtype": dtype}), *variants]:
+        embedder = Embedder(AltCLIP.from_pretrained(folder), device=device, batch_size=batch, num_workers=args.workers,
+                            decode_on_device=on_device, **options)
         ref_s, ours_s, truth, ours = compare(reference, lambda: embedder.images(ours_paths), warm_ref,
                                              lambda: embedder.images(warm), device, preset["e2e_rounds"], 1)
         fidelity = min_cosine(ours[: len(ref_paths)], truth)
-        label = f"JPEGs -> embeddings, {embedder.num_workers} workers" + (", nvJPEG" if on_device else "")
+        label = (f"JPEGs -> embeddings, {embedder.runtime} {embedder.precision}, {embedder.num_workers} workers"
+                 + (", nvJPEG" if on_device else ""))
         row(label, len(ours_paths) / ours_s, len(ref_paths) / ref_s, "img/s", f"cos to ref {args.dtype[0]} {fidelity:.6f}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,9 @@ import torch
 from PIL import Image
 
 from altclip_adapters.tiny import make_checkpoint
+
+# Tests compare the torch runtime with transformers at 1e-5; tests/test_runtime.py runs the others (and "auto")
+os.environ.setdefault("ALTCLIP_RUNTIME", "torch")
 
 TEXTS = ["a photo of a cat", "一只狗的照片", "猫の写真", "ein Foto von einem Hund", "x"]
 

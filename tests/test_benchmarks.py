@@ -17,7 +17,8 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
 def test_cpu_benchmark_prints_every_line_with_its_fidelity(tiny_dir, tmp_path):
     command = [sys.executable, str(BENCH), "--device", "cpu", "--checkpoint", str(tiny_dir), "--workdir", str(tmp_path),
                "--dtype", "fp32", "bf16", "--compile"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "ALTCLIP_CACHE": str(tmp_path / "cache")}  # OpenVINO conversions: not into ~/.cache
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     for line in ("altclip --help (vs import torch)", "from_pretrained + read all weights", "peak memory growth", "image tower fp32, batch 2",
@@ -25,7 +26,14 @@ def test_cpu_benchmark_prints_every_line_with_its_fidelity(tiny_dir, tmp_path):
                  "image tower fp32 compiled vs ref eager", "image tower bf16", "text tower bf16", "JPEGs -> embeddings"):
         assert line in out, f"missing line {line!r} in:\n{out}"
     cosines = {name.strip(): float(cos) for name, cos in re.findall(r"^  (.+?) ref .* cos(?: to ref \w+)? ([\d.]+)", out, re.M)}
-    assert len(cosines) == 9, cosines
+    import openvino as ov  # the runtime rows: OpenVINO f32 (+ bf16 where the CPU has it) and plain OpenVINO of the ref
+
+    bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert len(cosines) == 9 + 1 + 6 + 4 * bf16, cosines  # + end to end on the default runtime; OpenVINO rows
+    assert re.search(r"JPEGs -> embeddings, (openvino bf16|torch float32), 0 workers", out)
+    for line in ("image tower openvino f32", "text tower openvino f32", "image tower openvino int8", "image tower plain OpenVINO",
+                 "text tower plain OpenVINO", "ratios (images / texts) of our default CPU path"):
+        assert line in out, f"missing line {line!r} in:\n{out}"
     for name, cos in cosines.items():
         floor = 0.999 if "int8" in name else 0.99 if "bf16" in name else 0.99999
         assert cos >= floor, (name, cos)
@@ -37,7 +45,8 @@ def test_benchmark_leaves_no_temporary_files(tiny_dir, tmp_path):
     temp = tmp_path / "tmp"
     temp.mkdir()
     command = [sys.executable, str(BENCH), "--device", "cpu", "--checkpoint", str(tiny_dir), "--only", "startup", "e2e"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "TMPDIR": str(temp)},
+    env = {**os.environ, "TMPDIR": str(temp), "ALTCLIP_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env,
                             check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert re.search(r"altclip --help \(vs import torch\) +ref +[\d.]+ s +ours +[\d.]+ s +ours/ref +[\d.]+x", result.stdout)

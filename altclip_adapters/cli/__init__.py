@@ -11,10 +11,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import convert, demo, embed, index, search, serve
+from . import convert, demo, embed, export, index, search, serve
 from ._common import CLIError, HelpFormatter
 
-COMMANDS = (demo, embed, index, search, convert, serve)  # in the order ``altclip --help`` lists them
+COMMANDS = (demo, embed, index, search, convert, export, serve)  # in the order ``altclip --help`` lists them
 
 __all__ = ["CLIError", "build_parser", "main"]
 

@@ -77,8 +77,13 @@ def model_options(p: argparse.ArgumentParser, default: str | None = "AltCLIP", b
                    help=model_help if default else f"{model_help} (default: the model the index records)")
     p.add_argument("--device", help="cuda, cuda:1, cpu, ... (default: cuda when available, else cpu)")
     p.add_argument("--dtype", choices=list(DTYPES), help="weights and activations (default: bf16 on cuda, fp32 on cpu)")
+    p.add_argument("--runtime", choices=["auto", "torch", "openvino"],
+                   help="what runs the towers: openvino (CPU, extra 'openvino'), torch, or auto: OpenVINO at bf16 on a "
+                        "CPU with bf16 when installed and no dtype, int8 or compile option is given, else torch (default: "
+                        "$ALTCLIP_RUNTIME, else auto)")
     if bulk:
-        p.add_argument("--int8", action="store_true", help="int8 dynamic quantisation of every Linear layer (CPU only)")
+        p.add_argument("--int8", action="store_true", help="int8 weights (CPU): NNCF weight compression with OpenVINO, torch's dynamic "
+                       "int8 Linear layers with --runtime torch")
         p.add_argument("--compile", action="store_true", help="torch.compile the towers (pays off over many batches)")
         p.add_argument("--compile-mode", help="a torch.compile mode, e.g. reduce-overhead (CUDA graphs); implies "
                        "--compile (default: torch.compile's default mode)")
@@ -122,6 +127,7 @@ def embedder_options(args: argparse.Namespace) -> dict:
         "compile": getattr(args, "compile_mode", None) or getattr(args, "compile", False),
         "decode_on_device": getattr(args, "decode_on_device", False),
         "num_workers": getattr(args, "workers", None),
+        "runtime": getattr(args, "runtime", None),
     }
     if hasattr(args, "batch_size"):
         options["batch_size"] = args.batch_size

@@ -15,8 +15,13 @@ def embed_query(args: argparse.Namespace, model: str, dim: int, recorded: str):
     """The query's embedding, float32 [1, dim], from the text or the ``--image`` file (through the Embedder and
     its one image loader); CLIError when the model makes embeddings of another size than the index holds."""
     check_model(model)
+    image = None
+    if args.image is not None:  # read before the model loads: a bad file fails in a second, not after loading
+        from ..images import load_image
+
+        image = load_image(args.image)  # the Embedder's default pixel limit
     embedder = load_embedder(model, args)
-    query = (embedder.texts([args.query]) if args.image is None else embedder.images([args.image])).numpy()
+    query = (embedder.texts([args.query]) if image is None else embedder.images([image])).numpy()
     if query.shape[1] != dim:
         raise CLIError(
             f"the index holds {dim}-d embeddings but the model makes {query.shape[1]}-d ones; "

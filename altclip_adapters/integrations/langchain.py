@@ -15,7 +15,7 @@ except ImportError as e:
     ) from e
 
 from ..core import AltCLIP
-from ._embedder import Embedder, ImageLike, check_batch_size
+from ._embedder import ImageLike, image_vectors, load_embedder, text_vectors
 
 
 class AltCLIPEmbeddings(Embeddings):
@@ -24,6 +24,7 @@ class AltCLIPEmbeddings(Embeddings):
 
     ``model`` is a registry name (``"AltCLIP"``, ``"AltCLIP-m18"``), a hub id, a checkpoint folder or a loaded
     ``AltCLIP``. Vectors have unit length; texts past ``context_length`` tokens (default 77) are truncated.
+    ``runtime``: ``"torch"``, ``"openvino"`` or ``"auto"`` (see :class:`altclip_adapters.pipeline.Embedder`).
     """
 
     def __init__(
@@ -34,21 +35,24 @@ class AltCLIPEmbeddings(Embeddings):
         *,
         dtype: torch.dtype | None = None,
         context_length: int | None = None,
+        runtime: str | None = None,
     ):
-        self.batch_size = check_batch_size(batch_size)
-        self._embedder = Embedder(model, device=device, dtype=dtype, context_length=context_length)
+        self._embedder = load_embedder(
+            model, batch_size=batch_size, device=device, dtype=dtype, context_length=context_length, runtime=runtime
+        )
+        self.batch_size = batch_size
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """One vector per text."""
-        return self._embedder.embed_texts(texts, batch_size=self.batch_size)
+        return text_vectors(self._embedder, texts)
 
     def embed_query(self, text: str) -> list[float]:
         """The vector of one text."""
-        return self._embedder.embed_texts([text], batch_size=1)[0]
+        return text_vectors(self._embedder, [text])[0]
 
     def embed_image(self, uris: list[ImageLike]) -> list[list[float]]:
         """One vector per image: file paths (also BytesIO, PIL images or uint8 arrays)."""
-        return self._embedder.embed_images(uris, batch_size=self.batch_size)
+        return image_vectors(self._embedder, uris)
 
     async def aembed_image(self, uris: list[ImageLike]) -> list[list[float]]:
         """``embed_image`` in a worker thread."""

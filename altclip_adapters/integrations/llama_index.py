@@ -16,7 +16,9 @@ except ImportError as e:
         "altclip_adapters.integrations.llama_index needs LlamaIndex: pip install 'altclip-adapters[llama-index]'"
     ) from e
 
-from ._embedder import Embedder
+from ..pipeline import Embedder
+from ..processor import DEFAULT_CONTEXT_LENGTH
+from ._embedder import image_vectors, load_embedder, text_vectors
 
 
 class AltCLIPEmbedding(MultiModalEmbedding):
@@ -24,7 +26,8 @@ class AltCLIPEmbedding(MultiModalEmbedding):
 
     ``model_name`` is a registry name (``"AltCLIP"``, ``"AltCLIP-m18"``), a hub id or a checkpoint folder. Texts
     and images (paths or ``BytesIO``, as ``ImageNode.resolve_image()`` gives) are encoded ``embed_batch_size`` at a
-    time; vectors have unit length; texts past ``context_length`` tokens (default 77) are truncated.
+    time; vectors have unit length; texts past ``context_length`` tokens (default 77) are truncated. ``runtime``:
+    ``"torch"``, ``"openvino"`` or ``"auto"`` (see :class:`altclip_adapters.pipeline.Embedder`).
     """
 
     model_name: str = Field(default="AltCLIP", description="Registry name, hub id or checkpoint folder.")
@@ -40,35 +43,36 @@ class AltCLIPEmbedding(MultiModalEmbedding):
         device: str | None = None,
         dtype: torch.dtype | None = None,
         context_length: int | None = None,
+        runtime: str | None = None,
         **kwargs,
     ):
-        embedder = Embedder(model_name, device=device, dtype=dtype, context_length=context_length)
+        # pydantic checks the fields first (embed_batch_size's bounds), then the model loads with them
         super().__init__(
-            model_name=str(model_name),
-            device=str(embedder.model.device),
-            context_length=embedder.processor.context_length,
-            **kwargs,
+            model_name=str(model_name), device=str(device or "cpu"), context_length=context_length or DEFAULT_CONTEXT_LENGTH, **kwargs
         )
-        self._embedder = embedder
+        self._embedder = load_embedder(
+            model_name, batch_size=self.embed_batch_size, device=device, dtype=dtype, context_length=context_length, runtime=runtime
+        )
+        self.device, self.context_length = str(self._embedder.device), self._embedder.context_length
 
     @classmethod
     def class_name(cls) -> str:
         return "AltCLIPEmbedding"
 
     def _get_query_embedding(self, query: str) -> Embedding:
-        return self._embedder.embed_texts([query], batch_size=1)[0]
+        return text_vectors(self._embedder, [query])[0]
 
     def _get_text_embedding(self, text: str) -> Embedding:
-        return self._embedder.embed_texts([text], batch_size=1)[0]
+        return text_vectors(self._embedder, [text])[0]
 
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        return self._embedder.embed_texts(texts, batch_size=self.embed_batch_size)
+        return text_vectors(self._embedder, texts)
 
     def _get_image_embedding(self, img_file_path: ImageType) -> Embedding:
-        return self._embedder.embed_images([img_file_path], batch_size=1)[0]
+        return image_vectors(self._embedder, [img_file_path])[0]
 
     def _get_image_embeddings(self, img_file_paths: list[ImageType]) -> list[Embedding]:
-        return self._embedder.embed_images(img_file_paths, batch_size=self.embed_batch_size)
+        return image_vectors(self._embedder, img_file_paths)
 
     # LlamaIndex gathers async batches concurrently: each runs in a worker thread, the embedder serialises them
     async def _aget_query_embedding(self, query: str) -> Embedding:

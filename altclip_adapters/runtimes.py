@@ -1,0 +1,261 @@
+"""How an :class:`~altclip_adapters.pipeline.Embedder` runs the two towers: a strategy, not a second pipeline.
+
+- ``"torch"``: the core model itself (any device, any dtype, int8, ``torch.compile``).
+- ``"openvino"`` (extra ``openvino``, CPU only): both towers converted once from the core model with
+  ``ov.convert_model`` (dynamic batch and sequence length: a batch of texts is padded to its own longest text,
+  never to 77), cached under :func:`cache_dir` keyed by the weights, the shapes, the OpenVINO version and this
+  module's conversion version (a stale or damaged cache is rebuilt). By default the image tower runs at
+  ``INFERENCE_PRECISION_HINT`` ``bf16`` where the CPU has BF16 (``OPTIMIZATION_CAPABILITIES``) and the text tower
+  at ``f32``: at BAAI/AltCLIP's shapes bf16 keeps images at cosine 0.99988 to fp32 but short texts only at 0.9987,
+  under the 0.9995 a default must keep. Precision ``bf16`` / ``f32`` applies to both towers; ``int8`` stores every
+  weight in int8 (NNCF weight compression, ``INT8_ASYM``, per channel), activations in bf16 (f32 without BF16).
+- ``"auto"`` (the default, or ``$ALTCLIP_RUNTIME``): OpenVINO (images bf16, texts f32; int8 weights with
+  ``int8=True``) on a CPU that has BF16 when OpenVINO is installed and no torch-only option (``dtype``, ``compile``) was asked for; torch
+  otherwise (GPUs always). Its fidelity on BAAI/AltCLIP's widths is held by tests/test_runtime.py (cosine >= 0.9995 to fp32).
+
+The tower wrappers (:class:`TextTower`, :class:`ImageTower`) are also what ``altclip export`` writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from torch import nn
+
+from .atomic import atomic_path, write_json
+
+if TYPE_CHECKING:
+    from .core.model import AltCLIP
+
+Runtime = Literal["auto", "torch", "openvino"]
+RUNTIMES: tuple[str, ...] = ("auto", "torch", "openvino")
+RUNTIME_ENV = "ALTCLIP_RUNTIME"  # the default runtime when none is given
+CACHE_ENV = "ALTCLIP_CACHE"  # where converted models are cached (default ~/.cache/altclip_adapters)
+CONVERSION_VERSION = 1  # bump when the graphs this module writes change: older caches are rebuilt
+Precision = Literal["f32", "bf16", "int8"]
+
+
+class TextTower(nn.Module):
+    """``(input_ids int64 [B, T], attention_mask int64 [B, T]) -> text_embeds float32 [B, projection_dim]``,
+    unnormalised (``AltCLIPModel.get_text_features``)."""
+
+    def __init__(self, model: AltCLIP):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        pooled, _, _ = self.model.text(input_ids, attention_mask)
+        return self.model.text_projection(pooled)
+
+
+class ImageTower(nn.Module):
+    """``pixel_values float32 [B, 3, S, S] (normalised) -> image_embeds float32 [B, projection_dim]``,
+    unnormalised (``AltCLIPModel.get_image_features``)."""
+
+    def __init__(self, model: AltCLIP):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.visual_projection(self.model.vision.pool(pixel_values))
+
+
+def import_openvino():
+    try:
+        import openvino
+    except ImportError as e:
+        raise ImportError("runtime 'openvino' needs OpenVINO: pip install 'altclip-adapters[openvino]'") from e
+    return openvino
+
+
+def openvino_available() -> bool:
+    try:
+        import_openvino()
+    except ImportError:
+        return False
+    return True
+
+
+def cpu_has_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin runs bf16 natively here (AVX-512 BF16 / AMX)."""
+    ov = import_openvino()
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def resolve_runtime(runtime: str | None, device: torch.device, *, prefer_torch: bool = False) -> str:
+    """``"torch"`` or ``"openvino"`` for a requested ``runtime`` (None: ``$ALTCLIP_RUNTIME``, else ``"auto"``).
+    ``prefer_torch``: an option only torch serves was given (a dtype, compile), so auto picks torch.
+    Raises ValueError for an unknown runtime or OpenVINO off the CPU, ImportError when OpenVINO is asked for
+    but not installed."""
+    runtime = runtime or os.environ.get(RUNTIME_ENV) or "auto"
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
+    if runtime == "auto":
+        usable = device.type == "cpu" and not prefer_torch and openvino_available()
+        return "openvino" if usable and cpu_has_bf16() else "torch"
+    if runtime == "openvino":
+        if device.type != "cpu":
+            raise ValueError(f"runtime 'openvino' runs on the CPU; got device {device}")
+        import_openvino()
+    return runtime
+
+
+def cache_dir() -> Path:
+    """``$ALTCLIP_CACHE/openvino``, else ``~/.cache/altclip_adapters/openvino``."""
+    root = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "altclip_adapters"
+    return Path(root) / "openvino"
+
+
+def weights_digest(model: nn.Module) -> str:
+    """sha256 of every parameter and buffer (name, dtype, shape, bytes): the checkpoint's identity."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def cache_key(model: AltCLIP) -> str:
+    """What a converted pair depends on: weights, shapes (config), the OpenVINO version, this conversion."""
+    ov = import_openvino()
+    parts = {
+        "weights": weights_digest(model),
+        "config": repr(model.config),
+        "openvino": ov.__version__,
+        "conversion": CONVERSION_VERSION,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def example_inputs(model: AltCLIP) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Small text and image inputs to trace the towers with (their shapes are made dynamic afterwards)."""
+    pad = model.config.text.pad_token_id
+    ids = torch.full((2, 7), pad + 3, dtype=torch.long)
+    ids[:, 0], ids[:, -1] = 0, 2  # <s> ... </s>
+    size = model.config.vision.image_size
+    return (
+        {"input_ids": ids, "attention_mask": torch.ones_like(ids)},
+        {"pixel_values": torch.zeros(2, 3, size, size)},
+    )
+
+
+def convert(model: AltCLIP):
+    """Both towers of a float32 CPU ``model`` as OpenVINO models ``(text, image)``, batch and sequence dynamic;
+    outputs named ``text_embeds`` / ``image_embeds``."""
+    import warnings
+
+    ov = import_openvino()
+    text_example, image_example = example_inputs(model)
+    size = model.config.vision.image_size
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracing warnings about python control flow on shapes: checked by tests
+        text = ov.convert_model(
+            TextTower(model).eval(),
+            example_input=text_example,
+            input=[("input_ids", [-1, -1], ov.Type.i64), ("attention_mask", [-1, -1], ov.Type.i64)],
+        )
+        image = ov.convert_model(
+            ImageTower(model).eval(), example_input=image_example, input=[("pixel_values", [-1, 3, size, size], ov.Type.f32)]
+        )
+    text.outputs[0].get_tensor().set_names({"text_embeds"})
+    image.outputs[0].get_tensor().set_names({"image_embeds"})
+    return text, image
+
+
+def save_model(ov_model, xml: Path) -> None:
+    """``ov.save_model`` (float32 weights kept) through atomic.py: the .bin first, then the .xml naming it."""
+    ov = import_openvino()
+    with tempfile.TemporaryDirectory(dir=xml.parent, prefix=".convert.") as tmp:
+        ov.save_model(ov_model, Path(tmp) / "model.xml", compress_to_fp16=False)
+        for suffix in (".bin", ".xml"):
+            with atomic_path(xml.with_suffix(suffix)) as target:
+                os.replace(Path(tmp) / f"model{suffix}", target)
+
+
+def compress_int8(ov_model):
+    """``ov_model`` with int8 weights (NNCF ``compress_weights``, INT8_ASYM, per output channel)."""
+    try:
+        import nncf
+    except ImportError as e:
+        raise ImportError("OpenVINO int8 needs NNCF: pip install 'altclip-adapters[openvino]'") from e
+    return nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+
+
+def converted(model: AltCLIP, folder: Path | None = None, *, int8: bool = False):
+    """``(text, image)`` OpenVINO models of ``model`` (weights int8 with ``int8``) from the cache (converted and
+    written there when absent, stale or unreadable): ``folder`` (default ``cache_dir() / key``) holds
+    ``text.xml/.bin``, ``image.xml/.bin`` and ``altclip_openvino.json``, written last, naming the key."""
+    ov = import_openvino()
+    key = cache_key(model) + ("-int8" if int8 else "")
+    folder = Path(folder) if folder is not None else cache_dir() / key
+    manifest = folder / "altclip_openvino.json"
+    core = ov.Core()
+    try:
+        if json.loads(manifest.read_text())["key"] == key:
+            return core.read_model(folder / "text.xml"), core.read_model(folder / "image.xml")
+    except (OSError, ValueError, KeyError, RuntimeError):
+        pass  # absent, stale or damaged: convert again
+    text, image = convert(model)
+    if int8:
+        text, image = compress_int8(text), compress_int8(image)
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest.unlink(missing_ok=True)
+    save_model(text, folder / "text.xml")
+    save_model(image, folder / "image.xml")
+    write_json(manifest, {"key": key, "openvino": ov.__version__, "conversion": CONVERSION_VERSION})
+    return text, image
+
+
+class OpenVINOTowers:
+    """Both towers of ``model`` compiled for OpenVINO's CPU plugin at ``precision`` (``"bf16"``, ``"f32"`` or
+    ``"int8"``: int8 weights, bf16 activations where the CPU has them; None: the image tower bf16 where the CPU has
+    it, the text tower f32; ``self.precision`` then says ``"bf16+f32"`` or ``"f32"``), with as many threads as
+    torch uses. ``encode_text`` / ``encode_image``
+    take and return what :meth:`AltCLIP.encode_text` / ``encode_image`` do (float32 CPU tensors). One
+    inference request per tower, used by one thread at a time."""
+
+    def __init__(self, model: AltCLIP, precision: Precision | None = None, *, cache: Path | None = None):
+        ov = import_openvino()
+        if precision not in (None, "bf16", "f32", "int8"):
+            raise ValueError(f"OpenVINO precision must be bf16, f32 or int8; got {precision!r}")
+        bf16 = "bf16" if cpu_has_bf16() else "f32"
+        hints = {None: (bf16, "f32"), "bf16": ("bf16", "bf16"), "f32": ("f32", "f32"), "int8": (bf16, bf16)}[precision]
+        self.precision = precision or ("bf16+f32" if bf16 == "bf16" else "f32")
+        self.projection_dim = model.config.projection_dim
+        self.pad_token_id = model.config.text.pad_token_id
+        text, image = converted(model, cache, int8=precision == "int8")
+        core = ov.Core()
+        requests = []
+        for graph, hint in zip((image, text), hints):
+            config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY"}
+            requests.append(core.compile_model(graph, "CPU", config).create_infer_request())
+        self._image, self._text = requests
+        self._lock = threading.Lock()
+
+    def _run(self, request, inputs: dict) -> torch.Tensor:
+        with self._lock:
+            request.infer({k: v.cpu().numpy() for k, v in inputs.items()})
+            return torch.from_numpy(request.get_output_tensor(0).data.copy())
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, normalize: bool = False) -> torch.Tensor:
+        """Text embeddings [B, projection_dim] float32."""
+        if input_ids.shape[0] == 0:
+            return torch.zeros(0, self.projection_dim)
+        mask = attention_mask if attention_mask is not None else input_ids != self.pad_token_id
+        features = self._run(self._text, {"input_ids": input_ids.long(), "attention_mask": mask.long()})
+        return nn.functional.normalize(features, dim=-1) if normalize else features
+
+    def encode_image(self, pixel_values: torch.Tensor, *, normalize: bool = False) -> torch.Tensor:
+        """Image embeddings [B, projection_dim] float32 of normalised pixels [B, 3, S, S]."""
+        if pixel_values.shape[0] == 0:
+            return torch.zeros(0, self.projection_dim)
+        features = self._run(self._image, {"pixel_values": pixel_values.float()})
+        return nn.functional.normalize(features, dim=-1) if normalize else features

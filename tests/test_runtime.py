@@ -1,0 +1,156 @@
+"""Runtimes behind the one Embedder: OpenVINO against transformers.AltCLIPModel, its cache, ``auto``, bad options,
+and bf16 fidelity at BAAI/AltCLIP's widths."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import TEXTS, make_images
+from PIL import Image
+from transformers import AltCLIPModel, AltCLIPProcessor
+
+from altclip_adapters import AltCLIP
+from altclip_adapters.config import AltCLIPConfig, TextConfig, VisionConfig
+from altclip_adapters.pipeline import Embedder, fuse_quick_gelu
+from altclip_adapters.runtimes import OpenVINOTowers, cache_key, cpu_has_bf16, resolve_runtime
+
+pytest.importorskip("openvino")  # the extra; CI installs every extra
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cache(tmp_path_factory):
+    """The tests of this module share one cache folder (the tiny model is converted once)."""
+    folder = tmp_path_factory.mktemp("ov_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ALTCLIP_CACHE", str(folder))
+        yield folder / "openvino"
+
+
+@pytest.fixture(scope="module")
+def image_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("runtime_images")
+    paths = []
+    for i, image in enumerate(make_images(5, seed=7)):
+        paths.append(folder / f"image{i}.png")
+        image.save(paths[-1])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_dir, image_files):
+    """transformers.AltCLIPModel's normalised text and image embeddings of TEXTS and image_files."""
+    model, processor = AltCLIPModel.from_pretrained(tiny_dir).eval(), AltCLIPProcessor.from_pretrained(tiny_dir)
+    with torch.no_grad():
+        text = model.get_text_features(**processor(text=TEXTS, padding=True, return_tensors="pt")).pooler_output
+        pixels = processor(images=[Image.open(p) for p in image_files], return_tensors="pt")
+        image = model.get_image_features(**pixels).pooler_output
+    return F.normalize(text, dim=-1), F.normalize(image, dim=-1)
+
+
+def test_openvino_f32_equals_transformers(tiny_dir, reference, image_files):
+    embedder = Embedder(AltCLIP.from_pretrained(tiny_dir), runtime="openvino", dtype=torch.float32, batch_size=2)
+    assert (embedder.runtime, embedder.precision) == ("openvino", "f32")
+    text, image = reference
+    torch.testing.assert_close(embedder.texts(TEXTS), text, atol=1e-5, rtol=0)  # batches padded to their own longest
+    torch.testing.assert_close(embedder.images(image_files), image, atol=1e-5, rtol=0)
+    assert embedder.texts([]).shape == (0, text.shape[1])
+
+
+def test_openvino_default_and_bf16_stay_close(tiny_dir, reference, image_files):
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no bf16: OpenVINO runs f32 (tested above)")
+    default = Embedder(AltCLIP.from_pretrained(tiny_dir), runtime="openvino")
+    assert default.precision == "bf16+f32"  # images bf16, texts f32
+    text, image = reference
+    torch.testing.assert_close(default.texts(TEXTS), text, atol=1e-5, rtol=0)
+    assert F.cosine_similarity(default.images(image_files), image).min() > 0.999
+    bf16 = Embedder(AltCLIP.from_pretrained(tiny_dir), runtime="openvino", dtype=torch.bfloat16)
+    assert bf16.precision == "bf16"
+    assert F.cosine_similarity(bf16.texts(TEXTS), text).min() > 0.999
+    assert F.cosine_similarity(bf16.images(image_files), image).min() > 0.999
+
+
+def test_openvino_int8_weights_stay_close(tiny_dir, reference, image_files, cache):
+    embedder = Embedder(AltCLIP.from_pretrained(tiny_dir), runtime="openvino", int8=True)
+    assert (embedder.runtime, embedder.precision) == ("openvino", "int8")
+    assert (cache / f"{cache_key(embedder.model)}-int8" / "altclip_openvino.json").is_file()  # beside the float one
+    text, image = reference
+    assert F.cosine_similarity(embedder.texts(TEXTS), text).min() > 0.995
+    assert F.cosine_similarity(embedder.images(image_files), image).min() > 0.995
+
+
+def test_conversion_is_cached_and_a_stale_cache_rebuilt(tiny_dir, cache, reference):
+    first = Embedder(AltCLIP.from_pretrained(tiny_dir), runtime="openvino", dtype=torch.float32)
+    folder = cache / cache_key(first.model)
+    files = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    assert set(files) == {"text.xml", "text.bin", "image.xml", "image.bin", "altclip_openvino.json"}
+    Embedder(AltCLIP.from_pretrained(tiny_dir), runtime="openvino", dtype=torch.float32)  # read, not rewritten
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == files
+    # a damaged cache is converted again (a new file: the one in use stays memory-mapped by the models above)
+    (folder / "damaged").write_bytes(b"damaged")
+    os.replace(folder / "damaged", folder / "text.bin")
+    manifest = json.loads((folder / "altclip_openvino.json").read_text())
+    (folder / "altclip_openvino.json").write_text(json.dumps({**manifest, "key": "an older conversion"}))
+    again = Embedder(AltCLIP.from_pretrained(tiny_dir), runtime="openvino", dtype=torch.float32)
+    torch.testing.assert_close(again.texts(TEXTS), reference[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(again.texts(TEXTS), first.texts(TEXTS), atol=0, rtol=0)
+    other = fuse_quick_gelu(AltCLIP.from_pretrained(tiny_dir))  # other weights: another key, another folder
+    assert cache_key(other) == folder.name
+    with torch.no_grad():
+        other.text_projection.weight[0, 0] += 1e-3
+    assert cache_key(other) != folder.name
+    assert not [p for p in cache.rglob("*") if p.name.startswith(".")]  # no temporary files left
+
+
+def test_auto_picks_openvino_bf16_on_a_bf16_cpu_and_torch_otherwise(tiny_dir, monkeypatch):
+    monkeypatch.delenv("ALTCLIP_RUNTIME")
+    auto = Embedder(AltCLIP.from_pretrained(tiny_dir))
+    assert auto.runtime == ("openvino" if cpu_has_bf16() else "torch")
+    for torch_options in ({"dtype": torch.float32}, {"compile": True}, {"dtype": torch.bfloat16}):
+        assert Embedder(AltCLIP.from_pretrained(tiny_dir), **torch_options).runtime == "torch"
+    assert Embedder(AltCLIP.from_pretrained(tiny_dir), int8=True).runtime == auto.runtime  # int8 weights on OpenVINO
+    assert resolve_runtime(None, torch.device("cuda")) == "torch"  # GPUs stay torch
+    monkeypatch.setenv("ALTCLIP_RUNTIME", "torch")
+    assert Embedder(AltCLIP.from_pretrained(tiny_dir)).runtime == "torch"
+
+
+def test_bad_runtime_options_get_one_clear_error(tiny_dir):
+    model = AltCLIP.from_pretrained(tiny_dir)
+    with pytest.raises(ValueError, match="runtime must be one of auto, torch, openvino; got 'tensorrt'"):
+        Embedder(model, runtime="tensorrt")
+    with pytest.raises(ValueError, match="runtime 'openvino' runs on the CPU; got device cuda"):
+        Embedder(model, runtime="openvino", device="cuda")
+    with pytest.raises(ValueError, match="runtime 'openvino' takes no compile"):
+        Embedder(model, runtime="openvino", compile=True)
+    with pytest.raises(ValueError, match="its dtype is fp32 or bf16"):
+        Embedder(model, runtime="openvino", dtype=torch.float16)
+    with pytest.raises(ValueError, match="int8 on OpenVINO keeps its own precisions"):
+        Embedder(model, runtime="openvino", int8=True, dtype=torch.float32)
+    with pytest.raises(ValueError, match="precision must be bf16, f32 or int8"):
+        OpenVINOTowers(model, "int4")
+
+
+def test_default_fidelity_at_baai_widths():
+    """The default OpenVINO precisions (images bf16, texts f32) at BAAI/AltCLIP's widths (1024 hidden, 16 heads,
+    4096 MLP, ViT-L/14 at 224, 768-d projections) with 4 of its 24 layers per tower (bounded time on a shared
+    2-core machine), random weights: cosine to fp32 >= 0.9995 for texts of 40 and 6 tokens and for images. All 24
+    layers take 6 GB and minutes to convert; benchmarks/bench.py measures them (README's speed section)."""
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no bf16: auto runs torch")
+    torch.manual_seed(0)
+    config = AltCLIPConfig(text=TextConfig(vocab_size=1000, layers=4), vision=VisionConfig(layers=4))
+    model = fuse_quick_gelu(AltCLIP(config).eval())
+    towers = OpenVINOTowers(model)
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 1000, (4, 40), generator=generator)
+    ids[:, 0], mask = 0, torch.ones_like(ids)
+    ids[2:, 6:], mask[2:, 6:] = config.text.pad_token_id, 0
+    pixels = torch.randn(2, 3, 224, 224, generator=generator)
+    with torch.inference_mode():
+        text, image = model.encode_text(ids, mask), model.encode_image(pixels)
+    assert F.cosine_similarity(towers.encode_text(ids, mask), text).min() >= 0.9995
+    assert F.cosine_similarity(towers.encode_image(pixels), image).min() >= 0.9995
