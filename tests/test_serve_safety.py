@@ -83,6 +83,32 @@ def test_metadata_cannot_widen_the_servable_root(embedder, hostile, tmp_path, ca
         assert links["images/ok_0.png"] == "/files/ok_0.png"
 
 
+def test_metadata_naming_files_that_are_not_images_gets_nothing(embedder, core, tmp_path, caplog):
+    """A server started in a home folder (the default base is the current folder) with a dataset whose keys name
+    ``.ssh/id_rsa`` or ``notes.txt``: inside the base, but not images, so never served."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_rsa").write_text("-----BEGIN OPENSSH PRIVATE KEY-----")
+    (home / "notes.txt").write_text("secret notes")
+    picture = draw_scene("white", "red", "circle")
+    picture.save(home / "ok.png")
+    paths = [".ssh/id_rsa", "notes.txt", "ok.png"]
+    EmbeddingWriter(home / "emb", model="altclip-tiny", dtype="float32").write_shard(
+        0, image_embeddings=core_images(core, [picture] * 3), text_embeddings=core_texts(core, paths),
+        metadata=[{"image_path": p} for p in paths])
+    with caplog.at_level(logging.WARNING, logger="altclip.serve"):
+        app = build_app(embedder, ServeSettings(model_id=MODEL), folder=home / "emb", image_base=home,
+                        thumbnail_cache=tmp_path / "thumbs")
+    reports = [r.getMessage() for r in caplog.records if "name no image file" in r.getMessage()]
+    assert len(reports) == 1 and "2 image path(s)" in reports[0] and ".ssh/id_rsa" in reports[0]
+    with ServerThread(app) as server:
+        for route in ("/files/", "/thumbnails/"):
+            for path in (".ssh/id_rsa", "notes.txt", "%2essh/id_rsa"):
+                status, body = raw(server, "GET", route + path)
+                assert status == 404 and b"PRIVATE KEY" not in body and b"secret" not in body, (route + path, body[:80])
+            assert raw(server, "GET", route + "ok.png")[0] == 200
+
+
 def raw(server, method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, bytes]:
     """One request exactly as written (no client-side normalisation)."""
     host, port = server.url.removeprefix("http://").split(":")

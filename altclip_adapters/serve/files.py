@@ -22,7 +22,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..atomic import write_bytes
-from ..images import DEFAULT_MAX_IMAGE_PIXELS, load_image
+from ..images import DEFAULT_MAX_IMAGE_PIXELS, image_suffixes, load_image
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")  # http://, s3://, ...: not a local file
 
@@ -40,17 +40,22 @@ class Collection:
 
     ``image_paths``: one entry per row of the embedding folder (None, URLs and other non-local entries are
     skipped); relative paths are read relative to ``base``, the servable root: a path that leaves it is never
-    served, nor one whose real path (symlinks resolved, on request) leaves the deepest folder holding them all. ``outside`` counts such rows and ``first_outside`` names the first.
+    served, nor one whose real path (symlinks resolved, on request) leaves the deepest folder holding them all,
+    nor one whose suffix names no image format the loader reads (``images.image_suffixes``: a dataset naming
+    ``.ssh/id_rsa`` or ``notes.txt`` gets nothing, whatever the base). ``outside`` counts such rows and
+    ``first_outside`` names the first.
     """
 
     def __init__(self, image_paths: Sequence[str | None], *, base: str | Path = "."):
         self.base = os.path.realpath(base)
+        suffixes = image_suffixes()
         local, self.outside, self.first_outside = {}, 0, None
         for row, p in enumerate(image_paths):
             if not isinstance(p, str) or not p or _URL.match(p):
                 continue
             path = os.path.normpath(os.path.join(self.base, p))
-            if "\0" in p or not _inside(path, self.base):  # symlinks are resolved when a file is asked for
+            if "\0" in p or not _inside(path, self.base) or os.path.splitext(p)[1].lower() not in suffixes:
+                # symlinks are resolved when a file is asked for
                 self.outside += 1
                 self.first_outside = self.first_outside or p
                 continue

@@ -52,8 +52,8 @@ def open_folder(folder: str | Path, *, image_base: str | Path, dim: int) -> Serv
         image_paths = []
     collection = Collection(image_paths, base=image_base)
     if collection.outside:
-        log.warning("%s: %d image path(s) in the metadata lie outside the image base %s and are not served "
-                    "(first: %r)", folder, collection.outside, collection.base, collection.first_outside)
+        log.warning("%s: %d image path(s) in the metadata lie outside the image base %s or name no image file, "
+                    "and are not served (first: %r)", folder, collection.outside, collection.base, collection.first_outside)
     problem = None
     probe = np.zeros((1, dim), np.float32)
     probe[0, 0] = 1.0
