@@ -547,7 +547,7 @@ def test_sentence_transformers_embeds_a_rotated_jpeg_upright(tiny_dir, rotated_j
 
 
 def test_embedder_and_integrations_embed_a_rotated_jpeg_upright(tiny_dir, rotated_jpeg):
-    from altclip_adapters.integrations._embedder import Embedder as IntegrationEmbedder
+    from altclip_adapters.integrations._embedder import image_vectors, load_embedder
     from altclip_adapters.pipeline import Embedder
 
     path, upright = rotated_jpeg
@@ -557,8 +557,8 @@ def test_embedder_and_integrations_embed_a_rotated_jpeg_upright(tiny_dir, rotate
     torch.testing.assert_close(got[2], got[1], atol=1e-5, rtol=0)
     on_device = Embedder(AltCLIP.from_pretrained(tiny_dir), batch_size=4, decode_on_device=True).images([path, upright])
     assert F.cosine_similarity(on_device[:1], got[1:2]).item() > 0.9999
-    integration = IntegrationEmbedder(tiny_dir, device="cpu")
-    vectors = torch.tensor(integration.embed_images([str(path), io.BytesIO(path.read_bytes()), upright], batch_size=2))
+    integration = load_embedder(tiny_dir, batch_size=2, device="cpu")  # what LangChain's and LlamaIndex's backends build
+    vectors = torch.tensor(image_vectors(integration, [str(path), io.BytesIO(path.read_bytes()), upright]))
     torch.testing.assert_close(vectors[0], vectors[2], atol=1e-5, rtol=0)
     torch.testing.assert_close(vectors[1], vectors[2], atol=1e-5, rtol=0)
 
