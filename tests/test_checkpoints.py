@@ -17,6 +17,8 @@ from safetensors.torch import load_file, save_file
 
 from altclip_adapters import AltCLIP, AltCLIPConfig, registry
 
+REGISTRY = Path(__file__).parents[1] / "registry"  # the cards as written in the repository (a wheel ships them as altclip_adapters/cards)
+
 
 def copy(folder, tmp_path):
     return shutil.copytree(folder, tmp_path / "copy")
@@ -108,7 +110,7 @@ def test_cards_describe_the_released_checkpoints():
         assert config.text.width == 1024 and config.text.layers == 24 and config.text.vocab_size == 250002
         assert config.projection_dim == card.projection_dim == (1024 if name == "AltCLIP-m18" else 768)
         assert card.tokenizer.context_length == 77 and card.preprocessing.center_crop == 224
-        raw = json.loads((Path(registry.__file__).parents[1] / "registry" / f"{name}.json").read_text())
+        raw = json.loads((REGISTRY / f"{name}.json").read_text())
         assert card.hub.repo_id == raw["hub"]["repo_id"]
         assert card.preprocessing.mean == tuple(raw["preprocessing"]["mean"])
         assert config == AltCLIPConfig.from_dict(raw["architecture"]) and raw["projection_dim"] == card.projection_dim
@@ -138,7 +140,7 @@ def test_cards_are_frozen_and_configs_are_copies():
     ],
 )
 def test_a_bad_card_is_named(change, message):
-    data = json.loads((Path(registry.__file__).parents[1] / "registry" / "AltCLIP.json").read_text())
+    data = json.loads((REGISTRY / "AltCLIP.json").read_text())
     change(data)
     with pytest.raises(ValueError, match=re.escape(message)):
         registry.parse_card(data, "card.json")

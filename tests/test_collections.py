@@ -234,7 +234,8 @@ def test_a_full_disk_never_leaves_a_truncated_file(tiny_dir, tmp_path, capsys):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
         resource.setrlimit(resource.RLIMIT_FSIZE, (256, 256))
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # no bytecode: under the limit CPython would write truncated .pyc files (a short write is not an error to it)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
     command = [sys.executable, "-m", "altclip_adapters.cli", "embed", str(photos), "--out", str(out), "--model",
                str(tiny_dir), "--quiet", "--device", "cpu"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, preexec_fn=limit, env=env, check=False)
