@@ -4,14 +4,18 @@
 - ``"openvino"`` (extra ``openvino``, CPU only): both towers converted once from the core model with
   ``ov.convert_model`` (dynamic batch and sequence length: a batch of texts is padded to its own longest text,
   never to 77), cached under :func:`cache_dir` keyed by the weights, the shapes, the OpenVINO version and this
-  module's conversion version (a stale or damaged cache is rebuilt). By default the image tower runs at
-  ``INFERENCE_PRECISION_HINT`` ``bf16`` where the CPU has BF16 (``OPTIMIZATION_CAPABILITIES``) and the text tower
-  at ``f32``: at BAAI/AltCLIP's shapes bf16 keeps images at cosine 0.99988 to fp32 but short texts only at 0.9987,
-  under the 0.9995 a default must keep. Precision ``bf16`` / ``f32`` applies to both towers; ``int8`` stores every
-  weight in int8 (NNCF weight compression, ``INT8_ASYM``, per channel), activations in bf16 (f32 without BF16).
-- ``"auto"`` (the default, or ``$ALTCLIP_RUNTIME``): OpenVINO (images bf16, texts f32; int8 weights with
-  ``int8=True``) on a CPU that has BF16 when OpenVINO is installed and no torch-only option (``dtype``, ``compile``) was asked for; torch
-  otherwise (GPUs always). Its fidelity on BAAI/AltCLIP's widths is held by tests/test_runtime.py (cosine >= 0.9995 to fp32).
+  module's conversion version (a stale or damaged cache is rebuilt). By default each tower runs at
+  ``INFERENCE_PRECISION_HINT`` ``bf16`` where the CPU has BF16 (``OPTIMIZATION_CAPABILITIES``) and bf16 keeps this
+  checkpoint's embeddings at cosine >= :data:`FIDELITY` to f32, measured once per checkpoint on
+  :func:`probe_inputs` and kept in the cache's manifest; at ``f32`` otherwise. bf16's fidelity depends on the
+  weights: at BAAI/AltCLIP's shapes images keep 0.9999 on every random checkpoint we built, texts 0.99987 with the
+  core's initialisation but 0.9987 with ``tiny``'s perturbed weights (where texts then stay f32). Precision ``bf16``
+  / ``f32`` applies to both towers; ``int8`` stores every weight in int8 (NNCF weight compression,
+  ``INT8_ASYM``, per channel), activations in bf16 (f32 without BF16).
+- ``"auto"`` (the default, or ``$ALTCLIP_RUNTIME``): OpenVINO (each tower bf16 where its fidelity holds, else
+  f32; int8 weights with ``int8=True``) on a CPU that has BF16 when OpenVINO is installed and no torch-only option
+  (``dtype``, ``compile``) was asked for; torch otherwise (GPUs always). tests/test_runtime.py holds the choice at
+  BAAI/AltCLIP's widths (cosine >= 0.9995 to fp32 for what the default runs).
 
 The tower wrappers (:class:`TextTower`, :class:`ImageTower`) are also what ``altclip export`` writes.
 """
@@ -40,6 +44,8 @@ RUNTIME_ENV = "ALTCLIP_RUNTIME"  # the default runtime when none is given
 CACHE_ENV = "ALTCLIP_CACHE"  # where converted models are cached (default ~/.cache/altclip_adapters)
 CONVERSION_VERSION = 1  # bump when the graphs this module writes change: older caches are rebuilt
 Precision = Literal["f32", "bf16", "int8"]
+MANIFEST = "altclip_openvino.json"  # written last into a conversion's folder, naming its key
+FIDELITY = 0.9995  # the least cosine to f32 a default precision must keep on probe_inputs (issue 21)
 
 
 class TextTower(nn.Module):
@@ -189,23 +195,19 @@ def compress_int8(ov_model):
     return nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM)
 
 
-def converted(model: AltCLIP, folder: Path | None = None, *, int8: bool = False):
-    """``(text, image)`` OpenVINO models of ``model`` (weights int8 with ``int8``) from the cache (converted and
-    written there when absent, stale or unreadable): ``folder`` (default ``cache_dir() / key``) holds
-    ``text.xml/.bin``, ``image.xml/.bin`` and ``altclip_openvino.json``, written last, naming the key."""
+def cached(folder: Path, key: str, make):
+    """``(text, image)`` OpenVINO models read from ``folder`` when its ``altclip_openvino.json`` names ``key``;
+    otherwise (absent, stale or unreadable) ``make()``'s, written there first (``text.xml/.bin``,
+    ``image.xml/.bin``, then the manifest, last)."""
     ov = import_openvino()
-    key = cache_key(model) + ("-int8" if int8 else "")
-    folder = Path(folder) if folder is not None else cache_dir() / key
-    manifest = folder / "altclip_openvino.json"
-    core = ov.Core()
+    manifest = folder / MANIFEST
     try:
         if json.loads(manifest.read_text())["key"] == key:
+            core = ov.Core()
             return core.read_model(folder / "text.xml"), core.read_model(folder / "image.xml")
     except (OSError, ValueError, KeyError, RuntimeError):
         pass  # absent, stale or damaged: convert again
-    text, image = convert(model)
-    if int8:
-        text, image = compress_int8(text), compress_int8(image)
+    text, image = make()
     folder.mkdir(parents=True, exist_ok=True)
     manifest.unlink(missing_ok=True)
     save_model(text, folder / "text.xml")
@@ -214,27 +216,80 @@ def converted(model: AltCLIP, folder: Path | None = None, *, int8: bool = False)
     return text, image
 
 
+def converted(model: AltCLIP, folder: Path | None = None, *, int8: bool = False):
+    """``(graphs, int8_graphs, manifest)``: the float ``(text, image)`` OpenVINO models of ``model``, cached in
+    ``folder`` (default ``cache_dir() / cache_key(model)``); with ``int8`` the same with int8 weights, cached in the
+    sibling ``FOLDER-int8`` (else None); the path of the float folder's manifest."""
+    key = cache_key(model)
+    folder = Path(folder) if folder is not None else cache_dir() / key
+    graphs = cached(folder, key, lambda: convert(model))
+    int8_graphs = cached(folder.with_name(f"{folder.name}-int8"), f"{key}-int8", lambda: tuple(map(compress_int8, graphs))) if int8 else None
+    return graphs, int8_graphs, folder / MANIFEST
+
+
+def probe_inputs(model: AltCLIP) -> tuple[dict, dict]:
+    """The inputs a precision's fidelity is measured on, seeded: 8 texts of 4 to 77 tokens (random ids of the
+    vocabulary, one batch padded to the longest) and 4 images of N(0, 1) normalised pixels, as numpy arrays."""
+    generator = torch.Generator().manual_seed(0)
+    text = model.config.text
+    lengths = [min(n, text.max_positions - 2) for n in (4, 6, 9, 14, 20, 30, 50, 77)]
+    ids = torch.randint(3, text.vocab_size, (len(lengths), max(lengths)), generator=generator)
+    mask = torch.zeros_like(ids)
+    for row, length in enumerate(lengths):
+        ids[row, 0], ids[row, length - 1], ids[row, length:], mask[row, :length] = 0, 2, text.pad_token_id, 1
+    size = model.config.vision.image_size
+    pixels = torch.randn(4, 3, size, size, generator=generator)
+    return {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}, {"pixel_values": pixels.numpy()}
+
+
+def measure_fidelity(model: AltCLIP, name: str, hint: str, reference, graphs, manifest: Path) -> dict[str, float]:
+    """Least cosine similarity, per tower (``{"text": ..., "image": ...}``), of ``graphs`` (text, image) compiled at
+    ``hint`` to the float ``reference`` graphs compiled at f32, on :func:`probe_inputs`. Measured once per
+    checkpoint: kept under ``fidelity[name]`` in ``manifest`` (the float conversion's ``altclip_openvino.json``)."""
+    ov = import_openvino()
+    record = json.loads(manifest.read_text())
+    if name in record.get("fidelity", {}):
+        return record["fidelity"][name]
+    core, scores = ov.Core(), {}
+    for tower, inputs, ref, graph in zip(("text", "image"), probe_inputs(model), reference, graphs):
+        outputs = [core.compile_model(g, "CPU", {"INFERENCE_PRECISION_HINT": h})(inputs)[0] for g, h in ((ref, "f32"), (graph, hint))]
+        scores[tower] = round(float(nn.functional.cosine_similarity(*map(torch.from_numpy, outputs)).min()), 6)
+    record["fidelity"] = {**record.get("fidelity", {}), name: scores}
+    write_json(manifest, record)
+    return scores
+
+
 class OpenVINOTowers:
     """Both towers of ``model`` compiled for OpenVINO's CPU plugin at ``precision`` (``"bf16"``, ``"f32"`` or
-    ``"int8"``: int8 weights, bf16 activations where the CPU has them; None: the image tower bf16 where the CPU has
-    it, the text tower f32; ``self.precision`` then says ``"bf16+f32"`` or ``"f32"``), with as many threads as
-    torch uses. ``encode_text`` / ``encode_image``
-    take and return what :meth:`AltCLIP.encode_text` / ``encode_image`` do (float32 CPU tensors). One
-    inference request per tower, used by one thread at a time."""
+    ``"int8"``: int8 weights, bf16 activations where the CPU has them), with as many threads as torch uses.
+
+    ``precision=None`` (the default) runs each tower at bf16 where the CPU has it and this checkpoint's bf16 keeps
+    the least cosine to f32 on :func:`probe_inputs` at or above :data:`FIDELITY` (measured once, at the first
+    conversion: :func:`measure_fidelity`), at f32 otherwise. ``self.precision`` says what runs: one name, or
+    ``"IMAGE+TEXT"`` when the towers differ (``"bf16+f32"``); ``self.fidelity`` the measured cosines (empty at f32).
+    ``encode_text`` / ``encode_image`` take and return what :meth:`AltCLIP.encode_text` / ``encode_image`` do
+    (float32 CPU tensors). One inference request per tower, used by one thread at a time."""
 
     def __init__(self, model: AltCLIP, precision: Precision | None = None, *, cache: Path | None = None):
         ov = import_openvino()
         if precision not in (None, "bf16", "f32", "int8"):
             raise ValueError(f"OpenVINO precision must be bf16, f32 or int8; got {precision!r}")
         bf16 = "bf16" if cpu_has_bf16() else "f32"
-        hints = {None: (bf16, "f32"), "bf16": ("bf16", "bf16"), "f32": ("f32", "f32"), "int8": (bf16, bf16)}[precision]
-        self.precision = precision or ("bf16+f32" if bf16 == "bf16" else "f32")
+        reference, int8_graphs, manifest = converted(model, cache, int8=precision == "int8")
+        graphs = int8_graphs or reference
+        name = f"int8 {bf16}" if int8_graphs else bf16
+        measured = precision != "f32" and name != "f32"
+        self.fidelity = measure_fidelity(model, name, bf16, reference, graphs, manifest) if measured else {}
+        if precision is None:
+            hints = tuple(bf16 if self.fidelity.get(tower, 0.0) >= FIDELITY else "f32" for tower in ("image", "text"))
+        else:
+            hints = (bf16, bf16) if precision == "int8" else (precision, precision)
+        self.precision = "int8" if precision == "int8" else hints[0] if hints[0] == hints[1] else "+".join(hints)
         self.projection_dim = model.config.projection_dim
         self.pad_token_id = model.config.text.pad_token_id
-        text, image = converted(model, cache, int8=precision == "int8")
         core = ov.Core()
         requests = []
-        for graph, hint in zip((image, text), hints):
+        for graph, hint in zip(reversed(graphs), hints):
             config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY"}
             requests.append(core.compile_model(graph, "CPU", config).create_infer_request())
         self._image, self._text = requests
