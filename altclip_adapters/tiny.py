@@ -74,11 +74,11 @@ def train_tokenizer(folder: Path, vocab_size: int = 300):
     )
 
 
-def _perturb(model: torch.nn.Module, seed: int) -> None:
+def _perturb(model: torch.nn.Module, seed: int, scale: float) -> None:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for param in model.parameters():
-            param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+            param.add_(torch.randn(param.shape, generator=generator) * scale)
 
 
 def diff_config(config) -> dict:
@@ -99,6 +99,7 @@ def make_checkpoint(
     layout: Literal["safetensors", "bin", "sharded"] = "safetensors",
     seed: int = 0,
     config_style: Literal["full", "diff"] = "full",
+    perturbation: float = 0.05,
 ) -> Path:
     """Write a random AltCLIP checkpoint folder: config.json, weights, tokenizer, preprocessor config.
 
@@ -106,7 +107,8 @@ def make_checkpoint(
     ``bin`` as the BAAI files are (transformers 4 pickle: text ``encoder.layer.N``, vision
     ``encoder.layers.N``, ``position_ids`` buffers); ``sharded`` as two safetensors shards + index.
     ``config_style``: ``full`` as transformers 5 writes config.json, ``diff`` as transformers 4 did
-    (:func:`diff_config`).
+    (:func:`diff_config`). ``perturbation``: the standard deviation of the N(0, s) noise added to every parameter
+    after transformers' initialisation (0: transformers' initialisation as is).
     """
     from safetensors.torch import save_file
     from transformers import AltCLIPConfig, AltCLIPModel, CLIPImageProcessor
@@ -122,7 +124,7 @@ def make_checkpoint(
     )
     torch.manual_seed(seed)
     model = AltCLIPModel(config).eval()
-    _perturb(model, seed)
+    _perturb(model, seed, perturbation)
     tokenizer.save_pretrained(folder)
     size, patch = config.vision_config.image_size, config.vision_config.patch_size
     CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(folder)

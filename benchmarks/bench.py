@@ -279,6 +279,8 @@ def bench_openvino(ref, folder: Path, x, ids, text_batch: int, truth: dict, fns,
         options = {"int8": True} if precision == "int8" else {} if precision == "default" else {
             "dtype": torch.bfloat16 if precision == "bf16" else torch.float32}
         embedder = Embedder(AltCLIP.from_pretrained(folder), runtime="openvino", batch_size=text_batch, **options)
+        if embedder.fidelity:
+            print(f"  openvino {precision}: fidelity measured at conversion (min cos to f32 on probe inputs) {embedder.fidelity}")
         ref_s, ov_s, _, images = compare(*image_fns(ref, embedder, x), device, rounds, reps)
         row(f"image tower openvino {embedder.precision}, batch {batch}", batch / ov_s, batch / ref_s, "img/s",
             f"cos {min_cosine(images, truth['image']):.6f}")
@@ -403,6 +405,7 @@ def bench_end_to_end(args, folder: Path, device: torch.device, preset: dict) -> 
     warm = ours_paths[:batch] if device.type == "cuda" else ours_paths[:1]
     # GPU: torch, then nvJPEG; CPU: torch at --dtype, then the default runtime (auto: OpenVINO bf16 on a bf16 CPU)
     variants = [(True, {"dtype": dtype})] if device.type == "cuda" else [(False, {"runtime": "auto"})]
+    speedups = []
     for on_device, options in [(False, {"dtype": dtype}), *variants]:
         embedder = Embedder(AltCLIP.from_pretrained(folder), device=device, batch_size=batch, num_workers=args.workers,
                             decode_on_device=on_device, **options)
@@ -412,6 +415,8 @@ def bench_end_to_end(args, folder: Path, device: torch.device, preset: dict) -> 
         label = (f"JPEGs -> embeddings, {embedder.runtime} {embedder.precision}, {embedder.num_workers} workers"
                  + (", nvJPEG" if on_device else ""))
         row(label, len(ours_paths) / ours_s, len(ref_paths) / ref_s, "img/s", f"cos to ref {args.dtype[0]} {fidelity:.6f}")
+        speedups.append((len(ours_paths) / ours_s) / (len(ref_paths) / ref_s))
+    print(f"  ratio of the second row to the first (each against the reference of its own rounds): {speedups[1] / speedups[0]:.2f}x")
 
 
 def main() -> None:
@@ -421,6 +426,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd image towers (both models, first dtype)")
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers for the JPEG pipeline")
     parser.add_argument("--checkpoint", default=None, help="random full-shape checkpoint folder (made if missing, kept)")
+    parser.add_argument("--perturbation", type=float, default=0.05,
+                        help="noise added to every weight of a new random checkpoint (altclip_adapters.tiny; 0: transformers' init)")
     parser.add_argument("--workdir", default=None,
                         help="folder for the checkpoint and JPEGs, kept for the next run (default: a temporary folder, removed)")
     parser.add_argument("--only", nargs="+", choices=["startup", "load", "towers", "e2e"],
@@ -454,7 +461,7 @@ def run_sections(args) -> list[str]:
     def checkpoint() -> Path:
         if not (folder / "config.json").is_file():
             print(f"writing a random checkpoint with BAAI/AltCLIP shapes to {folder} ...", flush=True)
-            make_checkpoint(folder, "full")
+            make_checkpoint(folder, "full", perturbation=args.perturbation)
         return folder
 
     sections = {"startup": bench_startup, "load": lambda: bench_load(checkpoint()),
