@@ -213,6 +213,16 @@ def bench_towers(args, folder: Path, device: torch.device, preset: dict) -> None
         return (lambda: F.normalize(reference_texts(ref, ids, text_batch, device), dim=-1), ours,
                 lambda: reference_texts(ref, ids[small], text_batch, device), lambda: list(embedder.iter_tokens(ids[small])))
 
+    def embedder_rows(label: str, embedder: Embedder, ref, x) -> tuple[float, float]:
+        """An image row and a text row for ``embedder``, each timed in alternating rounds with ``ref``; returns
+        both speedups over ``ref``."""
+        ref_s, s, _, images = compare(*image_fns(ref, embedder, x), device, rounds, reps)
+        row(f"image tower {label}, batch {batch}", batch / s, batch / ref_s, "img/s", f"cos {min_cosine(images, truth['image']):.6f}")
+        ref_text_s, text_s, _, texts = compare(*text_fns(ref, embedder), device, rounds, 1)
+        row(f"text tower {label}, batch {text_batch}", len(ids) / text_s, len(ids) / ref_text_s, "txt/s",
+            f"cos {min_cosine(texts, truth['text']):.6f}")
+        return ref_s / s, ref_text_s / text_s
+
     lengths = [len(t) for t in ids]
     ref_tokens, ours_tokens = padded_tokens(lengths, text_batch), padded_tokens(sorted(lengths, reverse=True), text_batch)
     work = (f"tokens computed: ref {ref_tokens}, ours {ours_tokens} ({ref_tokens / ours_tokens:.2f}x less), "
@@ -237,16 +247,9 @@ def bench_towers(args, folder: Path, device: torch.device, preset: dict) -> None
         row(f"text tower {name}, 6-40 tok, batch {text_batch}", len(ids) / ours_text_s, len(ids) / ref_text_s, "txt/s",
             f"cos {min_cosine(texts, truth['text']):.6f}  {work}")
         if device.type == "cpu" and dtype == torch.float32:  # int8 against the same fp32 reference, interleaved
-            int8 = Embedder(AltCLIP.from_pretrained(folder), device=device, int8=True, batch_size=text_batch)
-            int8_ref_s, int8_s, _, int8_images = compare(*image_fns(ref, int8, x), device, rounds, reps)
-            row(f"image tower int8, batch {batch}", batch / int8_s, batch / int8_ref_s, "img/s",
-                f"cos {min_cosine(int8_images, truth['image']):.6f}")
-            int8_ref_s, int8_s, _, int8_texts = compare(*text_fns(ref, int8), device, rounds, 1)
-            row(f"text tower int8, batch {text_batch}", len(ids) / int8_s, len(ids) / int8_ref_s, "txt/s",
-                f"cos {min_cosine(int8_texts, truth['text']):.6f}")
-            del int8
+            embedder_rows("torch int8", Embedder(AltCLIP.from_pretrained(folder), runtime="torch", int8=True, batch_size=text_batch), ref, x)
             torch_speedups = (ref_s / ours_s, ref_text_s / ours_text_s)  # each against the reference of its own rounds
-            bench_openvino(ref, folder, x, ids, text_batch, truth, (image_fns, text_fns), torch_speedups, rounds, reps)
+            bench_openvino(ref, folder, x, ids, text_batch, truth, embedder_rows, torch_speedups, rounds, reps)
         if args.compile and name == args.dtype[0]:
             ref_c, ours_c = torch.compile(ref.get_image_features), torch.compile(embedder.model.encode_image)
             with torch.inference_mode():
@@ -260,7 +263,7 @@ def bench_towers(args, folder: Path, device: torch.device, preset: dict) -> None
             torch.cuda.empty_cache()
 
 
-def bench_openvino(ref, folder: Path, x, ids, text_batch: int, truth: dict, fns, torch_speedups: tuple, rounds: int,
+def bench_openvino(ref, folder: Path, x, ids, text_batch: int, truth: dict, embedder_rows, torch_speedups: tuple, rounds: int,
                    reps: int) -> None:
     """CPU rows per OpenVINO precision (f32, bf16, int8 weights; ours, through the Embedder) against the same fp32
     reference, then plain
@@ -272,7 +275,6 @@ def bench_openvino(ref, folder: Path, x, ids, text_batch: int, truth: dict, fns,
     if not openvino_available():
         print("  (OpenVINO not installed: pip install 'altclip-adapters[openvino]' for its rows)")
         return
-    image_fns, text_fns = fns
     device, batch = torch.device("cpu"), x.shape[0]
     rates = {}
     for precision in ("default", "f32", "bf16", "int8") if cpu_has_bf16() else ("default", "int8"):
@@ -281,13 +283,8 @@ def bench_openvino(ref, folder: Path, x, ids, text_batch: int, truth: dict, fns,
         embedder = Embedder(AltCLIP.from_pretrained(folder), runtime="openvino", batch_size=text_batch, **options)
         if embedder.fidelity:
             print(f"  openvino {precision}: fidelity measured at conversion (min cos to f32 on probe inputs) {embedder.fidelity}")
-        ref_s, ov_s, _, images = compare(*image_fns(ref, embedder, x), device, rounds, reps)
-        row(f"image tower openvino {embedder.precision}, batch {batch}", batch / ov_s, batch / ref_s, "img/s",
-            f"cos {min_cosine(images, truth['image']):.6f}")
-        ref_text_s, ov_text_s, _, texts = compare(*text_fns(ref, embedder), device, rounds, 1)
-        row(f"text tower openvino {embedder.precision}, batch {text_batch}", len(ids) / ov_text_s, len(ids) / ref_text_s, "txt/s",
-            f"cos {min_cosine(texts, truth['text']):.6f}")
-        rates[precision] = (ref_s / ov_s, ref_text_s / ov_text_s)
+        label = f"openvino default ({embedder.precision})" if precision == "default" else f"openvino {embedder.precision}"
+        rates[precision] = embedder_rows(label, embedder, ref, x)
         del embedder
     default = rates["default"]
     plain = plain_openvino(ref, x, ids, text_batch)

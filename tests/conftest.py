@@ -49,6 +49,14 @@ def make_images(n: int = 4, seed: int = 0) -> list[Image.Image]:
     return [Image.fromarray(rng.randint(0, 256, (37 + 11 * i, 45 + 7 * i, 3), dtype=np.uint8)) for i in range(n)]
 
 
+def write_images(folder: Path, count: int, seed: int, name=lambda i: f"image{i}.png") -> list[Path]:
+    """Save ``make_images(count, seed)`` into ``folder`` as ``name(i)`` (the suffix picks the format); their paths."""
+    paths = [Path(folder) / name(i) for i in range(count)]
+    for path, image in zip(paths, make_images(count, seed=seed)):
+        image.save(path)
+    return paths
+
+
 def run_example(name: str, model_dir, monkeypatch, *options: str) -> None:
     """Run ``examples/<name>.py``'s ``main()`` in this process with ``--model model_dir`` (or, for ``model_dir``
     None, just ``options``, e.g. ``--tiny``), as ``python examples/<name>.py`` would (examples/ on sys.path)."""

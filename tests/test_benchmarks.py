@@ -22,7 +22,7 @@ def test_cpu_benchmark_prints_every_line_with_its_fidelity(tiny_dir, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     for line in ("altclip --help (vs import torch)", "from_pretrained + read all weights", "peak memory growth", "image tower fp32, batch 2",
-                 "text tower fp32, 6-40 tok", "image tower int8", "text tower int8", "image tower fp32 compiled ",
+                 "text tower fp32, 6-40 tok", "image tower torch int8", "text tower torch int8", "image tower fp32 compiled ",
                  "image tower fp32 compiled vs ref eager", "image tower bf16", "text tower bf16", "JPEGs -> embeddings"):
         assert line in out, f"missing line {line!r} in:\n{out}"
     cosines = {name.strip(): float(cos) for name, cos in re.findall(r"^  (.+?) ref .* cos(?: to ref \w+)? ([\d.]+)", out, re.M)}
@@ -31,7 +31,7 @@ def test_cpu_benchmark_prints_every_line_with_its_fidelity(tiny_dir, tmp_path):
     bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     assert len(cosines) == 9 + 1 + 6 + 4 * bf16, cosines  # + end to end on the default runtime; OpenVINO rows
     assert re.search(r"JPEGs -> embeddings, (openvino bf16|torch float32), 0 workers", out)
-    for line in ("image tower openvino f32", "text tower openvino f32", "image tower openvino int8", "image tower plain OpenVINO",
+    for line in ("image tower openvino default (", "text tower openvino default (", "image tower openvino f32", "text tower openvino f32", "image tower openvino int8", "image tower plain OpenVINO",
                  "text tower plain OpenVINO", "ratios (images / texts) of our default CPU path"):
         assert line in out, f"missing line {line!r} in:\n{out}"
     for name, cos in cosines.items():

@@ -12,7 +12,7 @@ from pathlib import Path
 import faiss  # the `index` extra: CI installs every extra
 import numpy as np
 import pytest
-from conftest import make_images
+from conftest import write_images
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -246,10 +246,7 @@ def test_build_index_arguments(tmp_path):
 def photos(tiny_dir, tmp_path_factory):
     """An embedding folder of 5 images (float16, as altclip embed writes it) and the tiny model's embeddings."""
     root = tmp_path_factory.mktemp("photos")
-    paths = []
-    for i, image in enumerate(make_images(5, seed=11)):
-        image.save(root / f"img{i}.png")
-        paths.append(str(root / f"img{i}.png"))
+    paths = [str(p) for p in write_images(root, 5, seed=11, name=lambda i: f"img{i}.png")]
     embedder = Embedder(AltCLIP.from_pretrained(tiny_dir))
     images = embedder.images(paths).numpy()
     captions = ["一只猫", "a dog", "ein Auto", "un arbre", "海"]

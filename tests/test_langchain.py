@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import core_images, core_texts, make_images, run_example
+from conftest import core_images, core_texts, make_images, run_example, write_images
 from langchain_core.vectorstores import InMemoryVectorStore
 from PIL import Image
 from transformers import AltCLIPModel, AltCLIPProcessor
@@ -34,12 +34,7 @@ def embeddings(tiny_dir):
 
 @pytest.fixture(scope="module")
 def image_paths(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("lc_images")
-    paths = []
-    for i, image in enumerate(make_images(5, seed=3)):
-        paths.append(str(folder / f"image{i}.png"))
-        image.save(paths[-1])
-    return paths
+    return [str(p) for p in write_images(tmp_path_factory.mktemp("lc_images"), 5, seed=3)]
 
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_images
+from conftest import write_images
 from transformers import AltCLIPModel, AltCLIPProcessor, CLIPImageProcessor
 
 from altclip_adapters import AltCLIP
@@ -27,12 +27,7 @@ def embedder(tiny_dir):
 
 @pytest.fixture(scope="module")
 def image_files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("images")
-    paths = []
-    for i, image in enumerate(make_images(5, seed=3)):
-        paths.append(folder / f"{i}.{'png' if i % 2 else 'jpg'}")
-        image.save(paths[-1])
-    return paths
+    return write_images(tmp_path_factory.mktemp("images"), 5, seed=3, name=lambda i: f"{i}.{'png' if i % 2 else 'jpg'}")
 
 
 def reference_texts(reference, tiny_dir, texts):

@@ -10,7 +10,7 @@ import openvino  # noqa: F401 - the extra; CI installs every extra, so a missing
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TEXTS, make_images
+from conftest import TEXTS, write_images
 from PIL import Image
 from transformers import AltCLIPModel, AltCLIPProcessor
 
@@ -31,12 +31,7 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def image_files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("runtime_images")
-    paths = []
-    for i, image in enumerate(make_images(5, seed=7)):
-        paths.append(folder / f"image{i}.png")
-        image.save(paths[-1])
-    return paths
+    return write_images(tmp_path_factory.mktemp("runtime_images"), 5, seed=7)
 
 
 @pytest.fixture(scope="module")
