@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .atomic import atomic_path, write_json
-from .runtimes import ImageTower, TextTower, example_inputs, import_openvino, save_model
+from .runtimes import ImageTower, TextTower, example_inputs, import_openvino, openvino_core, save_model
 
 if TYPE_CHECKING:
     from .core.model import AltCLIP
@@ -75,8 +75,7 @@ def run_graph(path: Path, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return torch.from_numpy(session.run(None, {k: v.numpy() for k, v in inputs.items()})[0])
-    ov = import_openvino()
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = openvino_core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     return torch.from_numpy(compiled({k: v.numpy() for k, v in inputs.items()})[0].copy())
 
 

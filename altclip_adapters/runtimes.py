@@ -22,9 +22,13 @@ The tower wrappers (:class:`TextTower`, :class:`ImageTower`) are also what ``alt
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
+import logging
 import os
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -89,10 +93,20 @@ def openvino_available() -> bool:
     return True
 
 
+@functools.cache
+def openvino_core():
+    """The process's one ``openvino.Core``, kept until exit; every compile in this package goes through it.
+
+    One, not one per use: OpenVINO's CPU plugin (2026.4) installs a signal stack for the thread that creates a
+    Core and, when that Core is destroyed, puts back the one it found; Cores destroyed in the order they were made
+    leave a freed stack installed, and the next signal with a Python handler (Ctrl-C, SIGTERM, a DataLoader
+    worker's SIGCHLD) crashes the process (tests/test_runtime.py holds this)."""
+    return import_openvino().Core()
+
+
 def cpu_has_bf16() -> bool:
     """Whether OpenVINO's CPU plugin runs bf16 natively here (AVX-512 BF16 / AMX)."""
-    ov = import_openvino()
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "BF16" in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def resolve_runtime(runtime: str | None, device: torch.device, *, prefer_torch: bool = False) -> str:
@@ -192,7 +206,16 @@ def compress_int8(ov_model):
         import nncf
     except ImportError as e:
         raise ImportError("OpenVINO int8 needs NNCF: pip install 'altclip-adapters[openvino]'") from e
-    return nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    # NNCF writes a statistics table (logged at INFO) and a progress bar to stdout, where our results go: the
+    # table is dropped, the bar goes to stderr
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            return nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    finally:
+        logger.setLevel(level)
 
 
 def cached(folder: Path, key: str, make):
@@ -203,7 +226,7 @@ def cached(folder: Path, key: str, make):
     manifest = folder / MANIFEST
     try:
         if json.loads(manifest.read_text())["key"] == key:
-            core = ov.Core()
+            core = openvino_core()
             return core.read_model(folder / "text.xml"), core.read_model(folder / "image.xml")
     except (OSError, ValueError, KeyError, RuntimeError):
         pass  # absent, stale or damaged: convert again
@@ -246,11 +269,10 @@ def measure_fidelity(model: AltCLIP, name: str, hint: str, reference, graphs, ma
     """Least cosine similarity, per tower (``{"text": ..., "image": ...}``), of ``graphs`` (text, image) compiled at
     ``hint`` to the float ``reference`` graphs compiled at f32, on :func:`probe_inputs`. Measured once per
     checkpoint: kept under ``fidelity[name]`` in ``manifest`` (the float conversion's ``altclip_openvino.json``)."""
-    ov = import_openvino()
     record = json.loads(manifest.read_text())
     if name in record.get("fidelity", {}):
         return record["fidelity"][name]
-    core, scores = ov.Core(), {}
+    core, scores = openvino_core(), {}
     for tower, inputs, ref, graph in zip(("text", "image"), probe_inputs(model), reference, graphs):
         outputs = [core.compile_model(g, "CPU", {"INFERENCE_PRECISION_HINT": h})(inputs)[0] for g, h in ((ref, "f32"), (graph, hint))]
         scores[tower] = round(float(nn.functional.cosine_similarity(*map(torch.from_numpy, outputs)).min()), 6)
@@ -271,7 +293,6 @@ class OpenVINOTowers:
     (float32 CPU tensors). One inference request per tower, used by one thread at a time."""
 
     def __init__(self, model: AltCLIP, precision: Precision | None = None, *, cache: Path | None = None):
-        ov = import_openvino()
         if precision not in (None, "bf16", "f32", "int8"):
             raise ValueError(f"OpenVINO precision must be bf16, f32 or int8; got {precision!r}")
         bf16 = "bf16" if cpu_has_bf16() else "f32"
@@ -287,7 +308,7 @@ class OpenVINOTowers:
         self.precision = "int8" if precision == "int8" else hints[0] if hints[0] == hints[1] else "+".join(hints)
         self.projection_dim = model.config.projection_dim
         self.pad_token_id = model.config.text.pad_token_id
-        core = ov.Core()
+        core = openvino_core()
         requests = []
         for graph, hint in zip(reversed(graphs), hints):
             config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY"}

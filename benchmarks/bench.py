@@ -311,7 +311,7 @@ def plain_openvino(ref, x, ids, text_batch: int) -> dict:
 
     import openvino as ov
 
-    from altclip_adapters.runtimes import cpu_has_bf16
+    from altclip_adapters.runtimes import cpu_has_bf16, openvino_core
 
     class Image(torch.nn.Module):
         def __init__(self):
@@ -335,7 +335,7 @@ def plain_openvino(ref, x, ids, text_batch: int) -> dict:
         warnings.simplefilter("ignore")
         image = ov.convert_model(Image().eval(), example_input=x[:1].float(), input=[-1, *x.shape[1:]])
         text = ov.convert_model(Text().eval(), example_input=(example, torch.ones_like(example)), input=[[-1, -1], [-1, -1]])
-    core, config = ov.Core(), {"INFERENCE_PRECISION_HINT": precision}
+    core, config = openvino_core(), {"INFERENCE_PRECISION_HINT": precision}
     image, text = core.compile_model(image, "CPU", config), core.compile_model(text, "CPU", config)
 
     def images(part=slice(None)):

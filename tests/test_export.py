@@ -17,6 +17,7 @@ from transformers import AltCLIPModel
 from transformers import AltCLIPProcessor as HFProcessor
 
 from altclip_adapters.processor import AltCLIPProcessor
+from altclip_adapters.runtimes import cpu_has_bf16, openvino_core
 
 
 def altclip(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -50,9 +51,7 @@ def run(fmt, out, graph, inputs, precision="f32"):
 
         session = onnxruntime.InferenceSession(str(out / f"{graph}.onnx"), providers=["CPUExecutionProvider"])
         return session.run(None, {k: v.numpy() for k, v in inputs.items()})[0]
-    import openvino as ov
-
-    compiled = ov.Core().compile_model(str(out / f"{graph}.xml"), "CPU", {"INFERENCE_PRECISION_HINT": precision})
+    compiled = openvino_core().compile_model(str(out / f"{graph}.xml"), "CPU", {"INFERENCE_PRECISION_HINT": precision})
     return compiled({k: v.numpy() for k, v in inputs.items()})[0]
 
 
@@ -89,12 +88,10 @@ def test_manifest_tokenizer_and_preprocessing_beside_the_graphs(exported, tiny_d
 
 
 def test_openvino_bf16_of_the_export(exported, reference):
-    import openvino as ov
-
     fmt, out, _ = exported
     if fmt != "openvino":
         pytest.skip("bf16 inference is the OpenVINO export's (ONNX Runtime's CPU provider runs f32)")
-    if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+    if not cpu_has_bf16():
         pytest.skip("bf16 inference of the OpenVINO export, on a CPU with bf16")  # hardware: CI CPUs differ
     tokens, pixels, text, image = reference
     inputs = {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}

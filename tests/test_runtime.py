@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import openvino  # noqa: F401 - the extra; CI installs every extra, so a missing one fails here
 import pytest
@@ -123,6 +125,32 @@ def test_auto_picks_openvino_bf16_on_a_bf16_cpu_and_torch_otherwise(tiny_dir, mo
     assert resolve_runtime(None, torch.device("cuda")) == "torch"  # GPUs stay torch
     monkeypatch.setenv("ALTCLIP_RUNTIME", "torch")
     assert Embedder(AltCLIP.from_pretrained(tiny_dir)).runtime == "torch"
+
+
+CTRL_C_AFTER_TWO_EMBEDDERS = """
+import gc, os, signal, sys, time
+import torch
+from altclip_adapters import AltCLIP
+from altclip_adapters.pipeline import Embedder
+first = Embedder(AltCLIP.from_pretrained(sys.argv[1]), runtime="openvino", dtype=torch.float32)
+second = Embedder(AltCLIP.from_pretrained(sys.argv[1]), runtime="openvino", int8=True)
+second.texts(["a cat"])
+del first; gc.collect(); del second; gc.collect()  # dropped in the order they were made
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)
+except KeyboardInterrupt:
+    print("KeyboardInterrupt")
+"""
+
+
+def test_ctrl_c_after_embedders_are_dropped_is_a_keyboard_interrupt(tiny_dir):
+    # one Core per process: OpenVINO's CPU plugin restores per-Core signal stacks out of order, leaving a freed one
+    # installed; the next Python signal handler (Ctrl-C here) then crashed the process with SIGSEGV
+    result = subprocess.run([sys.executable, "-c", CTRL_C_AFTER_TWO_EMBEDDERS, str(tiny_dir)], capture_output=True, text=True,
+                            timeout=300, env=os.environ, check=False)
+    # and stdout holds only what the script printed: NNCF's int8 statistics and progress bar stay off it
+    assert (result.returncode, result.stdout.strip()) == (0, "KeyboardInterrupt"), result.stderr[-2000:]
 
 
 def test_bad_runtime_options_get_one_clear_error(tiny_dir):
