@@ -3,7 +3,8 @@
 ``export(model, out, to="onnx" | "openvino")`` writes into ``out``:
 
 - ``text.onnx`` + ``image.onnx`` (weights over 1.5 GB go to ``text.onnx.data`` beside it, ONNX's external data),
-  or ``text.xml/.bin`` + ``image.xml/.bin``: float32 weights, the towers of :mod:`altclip_adapters.runtimes`
+  or ``text.xml/.bin`` + ``image.xml/.bin``: float32 weights (OpenVINO: int8 with ``int8=True``), the towers
+  of :mod:`altclip_adapters.runtimes`
   (``TextTower``: ``input_ids``, ``attention_mask`` int64 [batch, sequence] -> ``text_embeds`` float32
   [batch, projection_dim]; ``ImageTower``: ``pixel_values`` float32 [batch, 3, S, S] -> ``image_embeds``),
   batch and sequence dynamic, embeddings unnormalised (``AltCLIPModel.get_*_features``);
@@ -79,12 +80,16 @@ def run_graph(path: Path, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.from_numpy(compiled({k: v.numpy() for k, v in inputs.items()})[0].copy())
 
 
-def export(model: AltCLIP, out: str | Path, to: Format) -> dict:
+def export(model: AltCLIP, out: str | Path, to: Format, *, int8: bool = False) -> dict:
     """Write both towers of ``model`` (float32, CPU; needs ``model.processor``) as ``to`` graphs into ``out``,
-    with the tokenizer, preprocessing and ``altclip_export.json``; returns that JSON's content. Raises
-    ValueError for an unknown format or a model without processor, ImportError naming the missing extra."""
+    with the tokenizer, preprocessing and ``altclip_export.json``; returns that JSON's content. ``int8``
+    (OpenVINO only): int8 weights (NNCF weight compression, as ``runtime="openvino", int8=True`` runs), about a
+    quarter of the float size; the parity then says how far they move the embeddings. Raises ValueError for an
+    unknown format, int8 outside OpenVINO or a model without processor, ImportError naming the missing extra."""
     if to not in FORMATS:
         raise ValueError(f"export format must be one of {', '.join(FORMATS)}; got {to!r}")
+    if int8 and to != "openvino":
+        raise ValueError("int8 export is OpenVINO's (NNCF int8 weights): use --to openvino")
     if model.processor is None:
         raise ValueError("the model has no processor attached: load it with AltCLIP.from_pretrained")
     if to == "onnx":
@@ -106,9 +111,11 @@ def export(model: AltCLIP, out: str | Path, to: Format) -> dict:
             for name, (tower, example, output) in towers.items():
                 _onnx(tower, example, output, out / f"text{suffix}".replace("text", name))
         else:
-            from .runtimes import convert
+            from .runtimes import compress_int8, convert
 
             text, image = convert(model)
+            if int8:
+                text, image = compress_int8(text), compress_int8(image)
             save_model(text, out / "text.xml")
             save_model(image, out / "image.xml")
     model.processor.save_pretrained(out)
@@ -126,6 +133,7 @@ def export(model: AltCLIP, out: str | Path, to: Format) -> dict:
     size = model.config.vision.image_size
     manifest = {
         "format": to,
+        "weights": "int8 (NNCF INT8_ASYM, per output channel; activations float)" if int8 else "float32",
         "graphs": {"text": f"text{suffix}", "image": f"image{suffix}"},
         "inputs": {
             "text": {

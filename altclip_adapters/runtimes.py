@@ -8,8 +8,8 @@
   ``INFERENCE_PRECISION_HINT`` ``bf16`` where the CPU has BF16 (``OPTIMIZATION_CAPABILITIES``) and bf16 keeps this
   checkpoint's embeddings at cosine >= :data:`FIDELITY` to f32, measured once per checkpoint on
   :func:`probe_inputs` and kept in the cache's manifest; at ``f32`` otherwise. bf16's fidelity depends on the
-  weights: at BAAI/AltCLIP's shapes images keep 0.9999 on every random checkpoint we built, texts 0.99987 with the
-  core's initialisation but 0.9987 with ``tiny``'s perturbed weights (where texts then stay f32). Precision ``bf16``
+  weights: at BAAI/AltCLIP's shapes images keep 0.9998 on every random checkpoint we built, texts 0.9998 with
+  transformers' initialisation but 0.9982-0.9990 with ``tiny``'s perturbed weights (where texts then stay f32). Precision ``bf16``
   / ``f32`` applies to both towers; ``int8`` stores every weight in int8 (NNCF weight compression,
   ``INT8_ASYM``, per channel), activations in bf16 (f32 without BF16).
 - ``"auto"`` (the default, or ``$ALTCLIP_RUNTIME``): OpenVINO (each tower bf16 where its fidelity holds, else

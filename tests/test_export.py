@@ -87,10 +87,9 @@ def test_manifest_tokenizer_and_preprocessing_beside_the_graphs(exported, tiny_d
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+@pytest.mark.parametrize("exported", ["openvino"], indirect=True)  # bf16 inference: ONNX Runtime's CPU provider runs f32
 def test_openvino_bf16_of_the_export(exported, reference):
     fmt, out, _ = exported
-    if fmt != "openvino":
-        pytest.skip("bf16 inference is the OpenVINO export's (ONNX Runtime's CPU provider runs f32)")
     if not cpu_has_bf16():
         pytest.skip("bf16 inference of the OpenVINO export, on a CPU with bf16")  # hardware: CI CPUs differ
     tokens, pixels, text, image = reference
@@ -98,6 +97,25 @@ def test_openvino_bf16_of_the_export(exported, reference):
     cos_text = F.cosine_similarity(torch.from_numpy(run(fmt, out, "text", inputs, "bf16")), text).min()
     cos_image = F.cosine_similarity(torch.from_numpy(run(fmt, out, "image", {"pixel_values": pixels}, "bf16")), image).min()
     assert cos_text > 0.999 and cos_image > 0.999
+
+
+@pytest.mark.parametrize("exported", ["openvino"], indirect=True)  # int8 for ONNX is refused: test_bad_arguments
+def test_openvino_int8_export(exported, reference, tmp_path, tiny_dir):
+    fmt, float_out, _ = exported
+    out = tmp_path / "int8"
+    result = altclip("export", tiny_dir, "--to", "openvino", "--int8", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["weights"].startswith("int8")  # stdout: the one JSON line, no NNCF table
+    manifest = json.loads((out / "altclip_export.json").read_text())
+    assert manifest["weights"].startswith("int8") and manifest["graphs"] == {"text": "text.xml", "image": "image.xml"}
+    for tower in ("text", "image"):  # the parity the manifest states is the int8 graphs' own, printed too
+        assert 0.995 < manifest["parity"][tower]["min_cosine"] < 1.0
+        assert f"{tower}: max |difference| to torch fp32" in result.stderr
+        assert (out / f"{tower}.bin").stat().st_size < 0.6 * (float_out / f"{tower}.bin").stat().st_size
+    tokens, pixels, text, image = reference  # and against transformers, with another batch and sequence length
+    inputs = {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+    assert F.cosine_similarity(torch.from_numpy(run(fmt, out, "text", inputs)), text).min() > 0.995
+    assert F.cosine_similarity(torch.from_numpy(run(fmt, out, "image", {"pixel_values": pixels[:2]})), image[:2]).min() > 0.995
 
 
 def test_bad_arguments(tiny_dir, tmp_path):
@@ -113,3 +131,7 @@ def test_bad_arguments(tiny_dir, tmp_path):
     (tmp_path / "afile").write_text("")
     result = altclip("export", tiny_dir, "--to", "onnx", "--out", tmp_path / "afile")
     assert result.returncode == 1 and "exists and is not a folder" in result.stderr
+    result = altclip("export", tiny_dir, "--to", "onnx", "--int8", "--out", tmp_path / "o3")
+    assert result.returncode == 1
+    assert result.stderr.strip().endswith("--int8 is OpenVINO's (NNCF int8 weights): use --to openvino")
+    assert not (tmp_path / "o3").exists()
