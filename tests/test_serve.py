@@ -235,6 +235,39 @@ def test_batch_handler_limits_and_failures(tiny_dir):
         handler.stop()
 
 
+def test_an_answered_client_finds_its_items_released(tiny_dir):
+    """A client that sends its next request the moment it has an answer must never be refused for its own
+    finished items: the pending count is lowered before a future resolves, on success and on failure. The
+    batch callback sleeps, so releasing the count after resolving (or after the callback) would fail at once."""
+    import torch
+
+    embedder = Embedder.from_pretrained(tiny_dir, num_workers=0)
+    clients = 4
+    handler = BatchHandler(embedder, max_pending=clients, max_wait=0.001)
+    handler.on_batch = lambda modality, items: time.sleep(0.02)
+    handler.start()
+
+    async def client(k: int, rounds: int) -> int:
+        for i in range(rounds):
+            await handler.embed_tokens([[0, 5 + (k + i) % 7, 2]])
+        return rounds
+
+    async def main() -> list[int]:
+        return await asyncio.gather(*(client(k, 15) for k in range(clients)))
+
+    try:
+        assert asyncio.run(main()) == [15] * clients
+        assert handler.pending == 0
+        embedder.device = torch.device("meta")
+        for _ in range(5):  # a failed request also releases its items before its client hears of it
+            with pytest.raises(Exception, match="meta"):
+                asyncio.run(handler.embed_tokens([[0, 5, 2]] * clients))
+        embedder.device = torch.device("cpu")
+        assert asyncio.run(handler.embed_tokens([[0, 5, 2]] * clients)).shape == (clients, 16)
+    finally:
+        handler.stop()
+
+
 # bad requests: OpenAI's error shape, a message naming the problem, and the server keeps serving --------
 BAD_REQUESTS = [
     ({"model": MODEL, "input": [101, 2023, 102]}, 400, ("token arrays are not supported", "check_embedding_ctx_length"), "input"),

@@ -141,6 +141,24 @@ def test_metrics(server):
         assert line in text, line
 
 
+def test_metrics_count_a_request_before_its_client_has_the_answer(server):
+    """A client that scrapes /metrics right after its answer finds that request counted (and its items embedded)."""
+    import re
+
+    headers = bearer(KEYS[0])
+
+    def counts(text: str) -> tuple[float, float]:
+        requests = re.search(r'altclip_requests_total\{route="/v1/embeddings",status="200"\} (\S+)', text)
+        items = re.search(r'altclip_embedded_items_total\{modality="text"\} (\S+)', text)
+        return (float(requests[1]) if requests else 0.0), (float(items[1]) if items else 0.0)
+
+    with httpx.Client(headers=headers) as http:
+        before = counts(http.get(server.url + "/metrics").text)
+        for i in range(1, 21):
+            assert http.post(server.url + "/v1/embeddings", json={"model": MODEL, "input": ["a", "b"]}).status_code == 200
+            assert counts(http.get(server.url + "/metrics").text) == (before[0] + i, before[1] + 2 * i)
+
+
 def test_metrics_can_be_turned_off(embedder):
     with ServerThread(build_app(embedder, ServeSettings(model_id=MODEL, metrics=False))) as running:
         assert httpx.get(running.url + "/metrics").status_code == 404

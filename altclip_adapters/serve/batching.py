@@ -78,7 +78,7 @@ class BatchHandler:
         self.max_wait = max_wait
         self.max_pending = max_pending
         self.dim: int = embedder.model.config.projection_dim
-        self.batches = 0  # forward-pass rounds run so far, and the items in them (for logs and tests)
+        self.batches = 0  # forward-pass rounds started so far, and the items in them (for logs and tests)
         self.items = 0
         self.last_success: float | None = None  # time.monotonic() of the last forward pass that succeeded
         self.last_failure: tuple[float, str] | None = None  # (when, what) of the last request the model failed
@@ -180,26 +180,35 @@ class BatchHandler:
         chunks = [self.embedder.encode_pixels(torch.stack(items[i : i + step])) for i in range(0, len(items), step)]
         return torch.cat(chunks).numpy()
 
+    def _settle(self, job: _Job, result: Any = None, error: BaseException | None = None) -> None:
+        """Release ``job``'s items from the pending count, then resolve its future. In this order: a client that
+        sends its next request as soon as it has an answer must find the count already lowered (else a
+        spurious :class:`Overloaded`)."""
+        with self._lock:
+            self._pending -= len(job.items)
+        _resolve(job, result, error)
+
     def _run(self, batch: list[_Job]) -> None:
-        """One shared forward pass for ``batch``; when it raises, each job alone (only the faulty one fails)."""
+        """One shared forward pass for ``batch``; when it raises, each job alone (only the faulty one fails).
+        ``on_batch`` is called before any future resolves, so a client that has its answer sees the metrics."""
         items = [item for job in batch for item in job.items]
         try:
             embeddings = self._forward(batch[0].modality, items)
         except Exception as e:  # noqa: BLE001 - the requests get the error, the worker lives on
             if len(batch) == 1:
                 self.last_failure = (time.monotonic(), f"{type(e).__name__}: {e}")
-                _resolve(batch[0], error=e)
+                self._settle(batch[0], error=e)
                 return
             for job in batch:
                 self._run([job])
             return
         self.last_success = time.monotonic()
-        start = 0
-        for job in batch:
-            _resolve(job, embeddings[start : start + len(job.items)])
-            start += len(job.items)
         if self.on_batch is not None:
             self.on_batch(batch[0].modality, len(items))
+        start = 0
+        for job in batch:
+            self._settle(job, embeddings[start : start + len(job.items)])
+            start += len(job.items)
 
     def _work(self) -> None:
         while True:
@@ -207,11 +216,8 @@ class BatchHandler:
                 batch = self._gather()
             except _Stopped:
                 break
-            items = sum(len(job.items) for job in batch)
-            self._run(batch)
-            with self._lock:
-                self._pending -= items
             self.batches += 1
-            self.items += items
+            self.items += sum(len(job.items) for job in batch)
+            self._run(batch)
         for job in self._deferred:
-            _resolve(job, error=RuntimeError("the server is shutting down"))
+            self._settle(job, error=RuntimeError("the server is shutting down"))
