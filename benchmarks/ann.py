@@ -3,7 +3,7 @@
 Writes an embedding folder (float16, clip-retrieval's layout, 100,000 rows a shard) of unit vectors drawn
 around ``--clusters`` centres in a random ``--latent``-d subspace plus a little noise in every dimension
 (clustered, with a low intrinsic dimension, as image embeddings are), builds its index with
-``altclip_adapters.index.build_index`` (autofaiss's choice rules, search parameter tuned for recall), then
+``altclip_adapters.collection.index.build_index`` (autofaiss's choice rules, search parameter tuned for recall), then
 times ``--queries`` fresh queries from the same distribution (not in the index) against exact search
 (FAISS ``IndexFlatIP`` over the same vectors in float32: BLAS, all cores), alternating the two for a few
 rounds and keeping each one's best. Prints build time, index size, recall@k against exact search,
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from altclip_adapters.index import build_index, exact_search, open_index, recall_at_k
-from altclip_adapters.store import EmbeddingWriter, iter_embeddings
+from altclip_adapters.collection.index import build_index, exact_search, open_index, recall_at_k
+from altclip_adapters.collection.store import EmbeddingWriter, iter_embeddings
 
 SHARD_ROWS = 100_000
 

@@ -33,8 +33,8 @@ import transformers
 from PIL import Image
 
 from altclip_adapters import AltCLIP
-from altclip_adapters.pipeline import Embedder
-from altclip_adapters.tiny import make_checkpoint
+from altclip_adapters.inference.embedder import Embedder
+from altclip_adapters.model.tiny import make_checkpoint
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PRESETS = {  # work per mode: image batch, timed calls per round, alternating rounds, texts, text batch, JPEGs, rounds
@@ -270,7 +270,7 @@ def bench_openvino(ref, folder: Path, x, ids, text_batch: int, truth: dict, embe
     OpenVINO bf16 of the reference (``ov.convert_model`` of transformers' towers: what a user gets without us),
     and the ratios of our default CPU path to it and to our torch fp32. On a busy machine the reference's own rate
     drifts between rows: each ratio divides two rows' speedups over the reference timed in their own rounds."""
-    from altclip_adapters.runtimes import cpu_has_bf16, openvino_available
+    from altclip_adapters.inference.runtimes import cpu_has_bf16, openvino_available
 
     if not openvino_available():
         print("  (OpenVINO not installed: pip install 'altclip-adapters[openvino]' for its rows)")
@@ -311,7 +311,7 @@ def plain_openvino(ref, x, ids, text_batch: int) -> dict:
 
     import openvino as ov
 
-    from altclip_adapters.runtimes import cpu_has_bf16, openvino_core
+    from altclip_adapters.inference.runtimes import cpu_has_bf16, openvino_core
 
     class Image(torch.nn.Module):
         def __init__(self):
@@ -424,7 +424,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers for the JPEG pipeline")
     parser.add_argument("--checkpoint", default=None, help="random full-shape checkpoint folder (made if missing, kept)")
     parser.add_argument("--perturbation", type=float, default=0.05,
-                        help="noise added to every weight of a new random checkpoint (altclip_adapters.tiny; 0: transformers' init)")
+                        help="noise added to every weight of a new random checkpoint (altclip_adapters.model.tiny; 0: transformers' init)")
     parser.add_argument("--workdir", default=None,
                         help="folder for the checkpoint and JPEGs, kept for the next run (default: a temporary folder, removed)")
     parser.add_argument("--only", nargs="+", choices=["startup", "load", "towers", "e2e"],

@@ -3,7 +3,7 @@
     python benchmarks/decode.py                       # 16 phone-sized JPEGs, ViT-B/32-shaped random weights
     python benchmarks/decode.py --checkpoint BAAI/AltCLIP --images 32 --size 4032x3024
 
-Both paths read the same files with ``altclip_adapters.images.load_image`` and resize and crop them with the
+Both paths read the same files with ``altclip_adapters.model.images.load_image`` and resize and crop them with the
 BAAI preprocessing (shortest edge 224, centre crop 224); the reduced path passes ``draft=448``: JPEGs are
 decoded at the coarsest 1/2, 1/4 or 1/8 scale that keeps the shortest edge at least twice the resize target.
 One process, one thread (images/s per core), the two paths alternating for a few rounds, each keeping its best.
@@ -23,9 +23,9 @@ import torch
 from PIL import Image
 
 from altclip_adapters import AltCLIP
-from altclip_adapters.images import load_image
-from altclip_adapters.processor import ImageTransform
-from altclip_adapters.tiny import make_checkpoint
+from altclip_adapters.model.images import load_image
+from altclip_adapters.model.processor import ImageTransform
+from altclip_adapters.model.tiny import make_checkpoint
 
 
 def write_jpegs(folder: Path, count: int, width: int, height: int) -> list[Path]:

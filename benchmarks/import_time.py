@@ -39,12 +39,12 @@ CASES = [  # (line, (code, hook on?) of the reference, the same of the measured 
     (
         "hook on: `import open_clip` / + the AltCLIP model class (first build)",
         (f"import open_clip; {REGISTERED}", True),
-        (f"import open_clip; import altclip_adapters.adapters.open_clip; {REGISTERED}", True),
+        (f"import open_clip; import altclip_adapters.integrations.open_clip; {REGISTERED}", True),
     ),
     (  # issue 21.4: the target is <= 1.3x
         "what a command pays before its model loads: `import torch` / pipeline + runtimes + CLI",
         ("import torch", True),
-        ("import altclip_adapters.pipeline, altclip_adapters.runtimes, altclip_adapters.cli", True),
+        ("import altclip_adapters.inference.embedder, altclip_adapters.inference.runtimes, altclip_adapters.cli", True),
     ),
 ]
 

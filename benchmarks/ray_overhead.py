@@ -8,10 +8,10 @@ Writes ``--shards`` webdataset tars of ``--images-per-shard`` 640x480 JPEGs (smo
 each, as img2dataset stores photos) and times, alternating for ``--rounds`` rounds and keeping each one's best:
 
 - ``Embedder.images``: the single-process pipeline over the same JPEGs as files (the reference);
-- local job: ``altclip embed SHARDS --out DIR`` without Ray (:func:`altclip_adapters.bulk.run`: read each tar,
+- local job: ``altclip embed SHARDS --out DIR`` without Ray (:func:`altclip_adapters.collection.worker.run`: read each tar,
   embed, write clip-retrieval's layout);
-- Ray job: the same job on a local Ray (``altclip embed ... --ray``: :func:`altclip_adapters.ray.run`, one actor);
-- Ray Data: ``read_webdataset(decoder=None)`` + :func:`altclip_adapters.ray.add_embeddings` (one actor).
+- Ray job: the same job on a local Ray (``altclip embed ... --ray``: :func:`altclip_adapters.collection.ray.run`, one actor);
+- Ray Data: ``read_webdataset(decoder=None)`` + :func:`altclip_adapters.collection.ray.add_embeddings` (one actor).
 
 Each line prints images/s and its ratio to ``Embedder.images``. The jobs print two rates: over the workers'
 window (from the first shard's start to the last shard's end, as the workers' reports say: what a long run
@@ -37,11 +37,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from altclip_adapters.bulk import ShardEmbedder
-from altclip_adapters.bulk import run as run_here
-from altclip_adapters.pipeline import Embedder
-from altclip_adapters.shards import ShardSource
-from altclip_adapters.tiny import make_checkpoint
+from altclip_adapters.collection.worker import ShardEmbedder
+from altclip_adapters.collection.worker import run as run_here
+from altclip_adapters.inference.embedder import Embedder
+from altclip_adapters.collection.shards import ShardSource
+from altclip_adapters.model.tiny import make_checkpoint
 
 
 def jpeg(seed: int) -> bytes:
@@ -142,7 +142,7 @@ def main() -> None:
         return rate, rows / elapsed
 
     def ray_job() -> tuple[float, float]:
-        from altclip_adapters.ray import run
+        from altclip_adapters.collection.ray import run
 
         out = Path(tempfile.mkdtemp(dir=work))
         start = time.perf_counter()
@@ -163,7 +163,7 @@ def main() -> None:
         return rate, rows / elapsed
 
     def ray_data() -> tuple[None, float]:
-        from altclip_adapters.ray import add_embeddings
+        from altclip_adapters.collection.ray import add_embeddings
 
         start = time.perf_counter()
         ds = ray.data.read_webdataset([str(t) for t in tars], decoder=None)

@@ -17,7 +17,7 @@ server start is bounded by ``--start-timeout``. Servers run as deployed: an API 
 ``Authorization: Bearer``; ``--no-auth`` to measure without) and Prometheus metrics on (``--no-metrics``); the
 batched server's mean batch size is read from its ``/metrics`` at the end.
 
-Checkpoints are random (``altclip_adapters.tiny.make_checkpoint``), written once under ``--workdir``
+Checkpoints are random (``altclip_adapters.model.tiny.make_checkpoint``), written once under ``--workdir``
 (``full``: the one ``benchmarks/bench.py`` writes, XLM-R large + ViT-L/14).
 """
 
@@ -173,7 +173,7 @@ def main() -> None:
     if args.checkpoint is None:
         args.checkpoint = Path(args.workdir) / args.shape
         if not (args.checkpoint / "config.json").is_file():
-            from altclip_adapters.tiny import make_checkpoint
+            from altclip_adapters.model.tiny import make_checkpoint
 
             print(f"writing a random {args.shape} checkpoint to {args.checkpoint} ...", flush=True)
             make_checkpoint(args.checkpoint, args.shape)

@@ -57,7 +57,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:  # the drawn images (and --tiny's checkpoint), removed at the end
         workdir = Path(tmp)
         if args.tiny:
-            from altclip_adapters.tiny import RANDOM_WEIGHTS_BANNER, make_checkpoint
+            from altclip_adapters.model.tiny import RANDOM_WEIGHTS_BANNER, make_checkpoint
 
             args.model = make_checkpoint(workdir / "tiny", "tiny")
             print(RANDOM_WEIGHTS_BANNER)

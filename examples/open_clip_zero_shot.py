@@ -37,8 +37,8 @@ def demo_images() -> list[Image.Image]:
 
 def tiny_model_name(folder: str) -> str:
     """A random tiny AltCLIP, written in open_clip's folder layout (``local-dir:``) under ``folder``."""
-    from altclip_adapters.adapters.open_clip import save_for_open_clip
-    from altclip_adapters.tiny import make_checkpoint
+    from altclip_adapters.integrations.open_clip import save_for_open_clip
+    from altclip_adapters.model.tiny import make_checkpoint
 
     checkpoint = make_checkpoint(f"{folder}/baai-layout", "tiny")
     return f"local-dir:{save_for_open_clip(checkpoint, f'{folder}/open_clip')}"
@@ -53,14 +53,14 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:  # --tiny's checkpoint, removed at the end
         if args.tiny:
-            from altclip_adapters.tiny import RANDOM_WEIGHTS_BANNER
+            from altclip_adapters.model.tiny import RANDOM_WEIGHTS_BANNER
 
             model_name, pretrained = tiny_model_name(tmp), None
             print(RANDOM_WEIGHTS_BANNER)
         else:
             # open_clip's own download code retries an unreachable hub for ~50 s; this says what to do in one line
             # (and downloads into the Hugging Face cache that open_clip then reads)
-            from altclip_adapters.bridges.files import resolve_checkpoint
+            from altclip_adapters.model.files import resolve_checkpoint
 
             with checkpoint_or_exit():
                 resolve_checkpoint(args.model)

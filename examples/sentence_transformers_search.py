@@ -23,7 +23,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import semantic_search
 from transformers.utils import logging as transformers_logging
 
-from altclip_adapters.sentence_transformers import export_native, load
+from altclip_adapters.integrations.sentence_transformers import export_native, load
 
 DOCUMENTS = [
     "The cat sleeps on the sofa all afternoon.",
@@ -71,7 +71,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         if args.tiny:
-            from altclip_adapters.tiny import RANDOM_WEIGHTS_BANNER, make_checkpoint
+            from altclip_adapters.model.tiny import RANDOM_WEIGHTS_BANNER, make_checkpoint
 
             args.model = make_checkpoint(workdir / "tiny", "tiny")
             print(RANDOM_WEIGHTS_BANNER)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from altclip_adapters.tiny import make_checkpoint
+from altclip_adapters.model.tiny import make_checkpoint
 
 # Tests compare the torch runtime with transformers at 1e-5; tests/test_runtime.py runs the others (and "auto")
 os.environ.setdefault("ALTCLIP_RUNTIME", "torch")
@@ -120,7 +120,7 @@ def write_collection(root: Path, model_dir: Path, rows: list[dict]) -> Path:
     """An embedding folder ``root/emb`` (clip-retrieval layout, float32) of ``rows``: dicts with ``image``
     (a PIL image embedded by the core), ``image_path`` and ``caption`` (the metadata). Returns the folder."""
     from altclip_adapters import AltCLIP
-    from altclip_adapters.store import EmbeddingWriter
+    from altclip_adapters.collection.store import EmbeddingWriter
 
     core = AltCLIP.from_pretrained(model_dir)
     writer = EmbeddingWriter(root / "emb", model=str(model_dir), dtype="float32")

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from altclip_adapters.adapters.open_clip_registration import SUPPORTED_OPEN_CLIP
+from altclip_adapters.integrations._open_clip_registration import SUPPORTED_OPEN_CLIP
 
 # Runs after a breaker, prints what open_clip does: registered names, each entry point for AltCLIP
 # (the name, and an AltCLIP open_clip folder) and for an open_clip model, an explicit register().
@@ -62,8 +62,8 @@ BREAKERS = {  # how a registration can fail, and what its warning names
         f"only open_clip_torch{SUPPORTED_OPEN_CLIP} is supported",
     ),
     "a bug of ours": (
-        "import sys; sys.modules['altclip_adapters.adapters.open_clip_registration'] = None",
-        "import of altclip_adapters.adapters.open_clip_registration halted",
+        "import sys; sys.modules['altclip_adapters.integrations._open_clip_registration'] = None",
+        "import of altclip_adapters.integrations._open_clip_registration halted",
     ),
 }
 
@@ -153,9 +153,9 @@ def test_a_broken_hook_at_interpreter_start_is_one_warning(tmp_path):
 
 
 HEAVY = [  # what building AltCLIP imports and registering it must not
-    "altclip_adapters.core",
-    "altclip_adapters.adapters.open_clip",
-    "altclip_adapters.bridges",
+    "altclip_adapters.model.core",
+    "altclip_adapters.integrations.open_clip",
+    "altclip_adapters.model.hf",
     "transformers.modeling_utils",
     "transformers.models.xlm_roberta.modeling_xlm_roberta",
 ]

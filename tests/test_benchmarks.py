@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from altclip_adapters.runtimes import cpu_has_bf16
+from altclip_adapters.inference.runtimes import cpu_has_bf16
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
 

@@ -15,7 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from altclip_adapters import AltCLIP, AltCLIPConfig, registry
+from altclip_adapters import AltCLIP, AltCLIPConfig
+
+from altclip_adapters.model import registry
 
 REGISTRY = Path(__file__).parents[1] / "registry"  # the cards as written in the repository (a wheel ships them as altclip_adapters/cards)
 

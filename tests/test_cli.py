@@ -15,7 +15,7 @@ import torch
 from conftest import make_images
 
 from altclip_adapters import AltCLIP, cli
-from altclip_adapters.pipeline import Embedder
+from altclip_adapters.inference.embedder import Embedder
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,9 @@ import time
 import pytest
 import torch
 
-from altclip_adapters import cli, registry
+from altclip_adapters import cli
+
+from altclip_adapters.model import registry
 from altclip_adapters.cli._common import HelpFormatter
 
 HEAVY = ("torch", "transformers", "timm", "open_clip", "sentence_transformers", "ray", "fastapi", "faiss")
@@ -127,7 +129,7 @@ def test_search_and_demo_list_only_options_that_apply():
 def test_ctrl_c_during_embed_is_one_line_exit_130_and_keeps_what_it_saved(tiny_dir, tmp_path):
     import numpy as np
 
-    from altclip_adapters.bulk import SAVE_ITEMS
+    from altclip_adapters.collection.worker import SAVE_ITEMS
 
     lines = tmp_path / "lines.txt"
     count = 8 * SAVE_ITEMS  # the first save comes long before the end, however fast the machine
@@ -205,7 +207,7 @@ def test_wrong_arch_is_one_line_naming_tensors_and_shapes(epoch_3, tmp_path, cap
 
 def test_wrong_arch_names_the_arch_that_fits(tmp_path, capsys):
     with torch.device("meta"):  # AltCLIP-m18's shapes without its 4.8 GB: a checkpoint of meta tensors
-        from altclip_adapters.core.model import AltCLIP
+        from altclip_adapters.model.core import AltCLIP
 
         state = AltCLIP(registry.config("AltCLIP-m18")).state_dict()
     torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "epoch_1.pt")
@@ -252,7 +254,7 @@ def unreachable_hub(tmp_path) -> dict:
 
 def test_an_unreachable_hub_fails_fast_in_one_line(tmp_path):
     code = (
-        "import time\nfrom altclip_adapters.bridges.files import resolve_checkpoint\nstart = time.monotonic()\n"
+        "import time\nfrom altclip_adapters.model.files import resolve_checkpoint\nstart = time.monotonic()\n"
         "try:\n    resolve_checkpoint('AltCLIP')\nexcept FileNotFoundError as e:\n"
         "    print(f'{time.monotonic() - start:.2f}', e)\n"
     )

@@ -23,7 +23,7 @@ from conftest import make_images, write_tar
 from PIL import Image
 
 from altclip_adapters.cli import main
-from altclip_adapters.store import lock, read_embeddings, shards
+from altclip_adapters.collection.store import lock, read_embeddings, shards
 
 ROOT = Path(__file__).parents[1]
 
@@ -281,7 +281,7 @@ def test_a_second_writer_gets_one_line(tiny_dir, shard_inputs, tmp_path, capsys)
 
 
 def test_a_folder_of_other_inputs_is_refused_in_one_line(tiny_dir, shard_inputs, tmp_path, capsys):
-    from altclip_adapters.store import EmbeddingWriter
+    from altclip_adapters.collection.store import EmbeddingWriter
 
     out, lines = tmp_path / "emb", tmp_path / "captions.txt"
     lines.write_text("a cat\n", encoding="utf-8")

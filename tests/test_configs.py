@@ -11,8 +11,8 @@ from transformers import AltCLIPConfig as HFAltCLIPConfig
 from transformers import AltCLIPModel, AltCLIPProcessor, AltCLIPTextConfig, AltCLIPVisionConfig
 
 from altclip_adapters import AltCLIP
-from altclip_adapters.config import _TEXT_HF_KEYS, _VISION_HF_KEYS, AltCLIPConfig, TextConfig, VisionConfig
-from altclip_adapters.tiny import make_checkpoint
+from altclip_adapters.model.config import _TEXT_HF_KEYS, _VISION_HF_KEYS, AltCLIPConfig, TextConfig, VisionConfig
+from altclip_adapters.model.tiny import make_checkpoint
 
 
 def assert_same_embeddings(folder) -> AltCLIP:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import run_example
 
-from altclip_adapters.tiny import RANDOM_WEIGHTS_BANNER
+from altclip_adapters.model.tiny import RANDOM_WEIGHTS_BANNER
 
 EXAMPLES = sorted(p.stem for p in (Path(__file__).parents[1] / "examples").glob("*.py") if not p.stem.startswith("_"))
 

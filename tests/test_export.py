@@ -16,8 +16,8 @@ from conftest import TEXTS, make_images
 from transformers import AltCLIPModel
 from transformers import AltCLIPProcessor as HFProcessor
 
-from altclip_adapters.processor import AltCLIPProcessor
-from altclip_adapters.runtimes import cpu_has_bf16, openvino_core
+from altclip_adapters.model.processor import AltCLIPProcessor
+from altclip_adapters.inference.runtimes import cpu_has_bf16, openvino_core
 
 
 def altclip(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

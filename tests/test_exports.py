@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
 from altclip_adapters import AltCLIP, cli
-from altclip_adapters.bridges.files import sentencepiece_model
-from altclip_adapters.tiny import CORPUS
+from altclip_adapters.model.files import sentencepiece_model
+from altclip_adapters.model.tiny import CORPUS
 
 BAAI_FILES = {
     "config.json", "preprocessor_config.json", "sentencepiece.bpe.model", "special_tokens_map.json",
@@ -29,19 +29,19 @@ def write_core(source: Path, out: Path) -> None:
 
 
 def write_sentence_transformers(source: Path, out: Path) -> None:
-    from altclip_adapters.sentence_transformers import load
+    from altclip_adapters.integrations.sentence_transformers import load
 
     load(source).save(str(out))
 
 
 def write_checkpoint_from_sentence_transformers(source: Path, out: Path) -> None:
-    from altclip_adapters.sentence_transformers import load, save_checkpoint
+    from altclip_adapters.integrations.sentence_transformers import load, save_checkpoint
 
     save_checkpoint(load(source), out)
 
 
 def write_native(source: Path, out: Path) -> None:
-    from altclip_adapters.sentence_transformers import export_native
+    from altclip_adapters.integrations.sentence_transformers import export_native
 
     export_native(source, out)
 
@@ -49,7 +49,7 @@ def write_native(source: Path, out: Path) -> None:
 def write_from_open_clip(source: Path, out: Path) -> None:
     import open_clip
 
-    from altclip_adapters.adapters.open_clip import save_for_open_clip, save_hf
+    from altclip_adapters.integrations.open_clip import save_for_open_clip, save_hf
 
     name = f"local-dir:{save_for_open_clip(source, out.with_name(out.name + '-open_clip'))}"
     save_hf(open_clip.create_model(name), open_clip.get_tokenizer(name), out)
@@ -167,7 +167,7 @@ def test_a_tokenizer_of_another_kind_has_no_sentencepiece_model():
 
 
 def test_open_clip_folders_have_the_sentencepiece_model_and_umask_modes(tiny_dir, tmp_path, umask):
-    from altclip_adapters.adapters.open_clip import save_for_open_clip
+    from altclip_adapters.integrations.open_clip import save_for_open_clip
 
     out = save_for_open_clip(tiny_dir, tmp_path / "open_clip")
     assert (out / "sentencepiece.bpe.model").is_file()
@@ -192,7 +192,7 @@ def test_convert_draws_no_transformers_progress_bars(to, tiny_dir, tmp_path):
     assert not [bar for bar in PROGRESS_BARS if bar in result.stderr], result.stderr
     assert result.stdout.startswith(f"wrote {to[0]} folder {out}")
     if "--native" in to:  # the folder loads back quietly too, through this package's load()
-        code = f"from altclip_adapters.sentence_transformers import load; load({str(out)!r}).encode(['x'])"
+        code = f"from altclip_adapters.integrations.sentence_transformers import load; load({str(out)!r}).encode(['x'])"
         loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
         assert loaded.returncode == 0 and not [bar for bar in PROGRESS_BARS if bar in loaded.stderr], loaded.stderr
 
@@ -203,7 +203,7 @@ def test_quiet_transformers_puts_the_switches_back(bars_on, hub_bars_off):
     import huggingface_hub.utils as hub
     from transformers.utils import logging
 
-    from altclip_adapters.bridges.hf import quiet_transformers
+    from altclip_adapters.model.hf import quiet_transformers
 
     before = (logging.is_progress_bar_enabled(), hub.are_progress_bars_disabled())
     try:
@@ -220,7 +220,7 @@ def test_quiet_transformers_puts_the_switches_back(bars_on, hub_bars_off):
 @pytest.mark.parametrize("to", ["baai", "open_clip"])
 def test_a_native_sentence_transformers_folder_converts_back(to, tiny_dir, tmp_path, capsys):
     """`altclip convert` reads what `--native` wrote (it stopped with a TypeError traceback before)."""
-    from altclip_adapters.sentence_transformers import is_native_folder
+    from altclip_adapters.integrations.sentence_transformers import is_native_folder
 
     native, out = tmp_path / "native", tmp_path / "out"
     assert cli.main(["convert", str(tiny_dir), "--to", "sentence-transformers", "--native", "--out", str(native)]) == 0

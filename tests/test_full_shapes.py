@@ -8,7 +8,7 @@ from conftest import make_images
 from transformers import AltCLIPModel, AltCLIPProcessor
 
 from altclip_adapters import AltCLIP
-from altclip_adapters.tiny import make_checkpoint
+from altclip_adapters.model.tiny import make_checkpoint
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""The one image loader (``altclip_adapters.images``): orientation, transparency, bit depth, size limits and
+"""The one image loader (``altclip_adapters.model.images``): orientation, transparency, bit depth, size limits and
 unreadable files, the same for every input form, checked against the EXIF spec, transformers' own
 decoding where it is right, and a property-based sweep over PIL modes, sizes, orientations and forms."""
 
@@ -28,8 +28,8 @@ from transformers import AltCLIPProcessor as ReferenceProcessor
 from transformers import CLIPImageProcessor
 
 from altclip_adapters import AltCLIP
-from altclip_adapters.images import DEFAULT_MAX_IMAGE_PIXELS, UnreadableImageError, jpeg_orientation, load_image, orient
-from altclip_adapters.processor import ImageTransform
+from altclip_adapters.model.images import DEFAULT_MAX_IMAGE_PIXELS, UnreadableImageError, jpeg_orientation, load_image, orient
+from altclip_adapters.model.processor import ImageTransform
 
 LEVEL = 1 / 255 / min(ImageTransform().std) + 1e-6  # one 8-bit level after normalisation (0.015)
 
@@ -410,7 +410,7 @@ MEMORY_SCRIPT = """
 import json, resource, sys
 import torch
 from PIL import Image
-from altclip_adapters.processor import ImageTransform
+from altclip_adapters.model.processor import ImageTransform
 
 transform = ImageTransform()
 transform.uint8(sys.argv[2])  # warm up: imports, allocator pools
@@ -531,7 +531,7 @@ def test_sentence_transformers_embeds_a_rotated_jpeg_upright(tiny_dir, rotated_j
     gives the same embedding through an ``export_native`` folder (transformers' file decoding)."""
     from sentence_transformers import SentenceTransformer
 
-    from altclip_adapters.sentence_transformers import export_native, load
+    from altclip_adapters.integrations.sentence_transformers import export_native, load
 
     path, upright = rotated_jpeg
     model = load(tiny_dir, device="cpu")
@@ -548,7 +548,7 @@ def test_sentence_transformers_embeds_a_rotated_jpeg_upright(tiny_dir, rotated_j
 
 def test_embedder_and_integrations_embed_a_rotated_jpeg_upright(tiny_dir, rotated_jpeg):
     from altclip_adapters.integrations._embedder import image_vectors, load_embedder
-    from altclip_adapters.pipeline import Embedder
+    from altclip_adapters.inference.embedder import Embedder
 
     path, upright = rotated_jpeg
     embedder = Embedder(AltCLIP.from_pretrained(tiny_dir), batch_size=4)
@@ -564,7 +564,7 @@ def test_embedder_and_integrations_embed_a_rotated_jpeg_upright(tiny_dir, rotate
 
 
 def test_embedder_reports_unreadable_images_of_any_kind_and_goes_on(tiny_dir, tmp_path, bomb):
-    from altclip_adapters.pipeline import Embedder
+    from altclip_adapters.inference.embedder import Embedder
 
     good = tmp_path / "good.png"
     blocky(30, 30).save(good)

@@ -1,4 +1,4 @@
-"""The package's import graph (issue 20, item 6): no circle between modules, and arrows point down.
+"""The package's import graph: no circle between modules, and arrows point down the layers.
 
 Every ``import`` / ``from ... import`` in every module counts, also those inside functions (a deferred import is
 still an arrow); only ``if TYPE_CHECKING:`` blocks are left out (they never run). The graph is read with ``ast``,
@@ -17,21 +17,31 @@ import pytest
 PACKAGE = Path(__file__).parents[1] / "altclip_adapters"
 ROOT = "altclip_adapters"
 
-# (lower layer, higher layers it must not import): prefixes of module names. See docs/ARCHITECTURE.md,
-# "Layers and the arrows rule".
-UPPER = ["adapters", "integrations", "pipeline", "ray", "bulk", "serve", "cli", "sentence_transformers"]
-EVERYTHING = ["config", "registry", "atomic", "images", "inputs", "core", "bridges", "processor", *UPPER]
-RULES = [
-    ("loading", EVERYTHING),  # the core's seam to the bridges: standard library only
-    ("config", ["registry", "core", "bridges", "processor", *UPPER]),
-    ("registry", ["core", "bridges", "processor", *UPPER]),
-    ("atomic", ["config", "registry", "core", "bridges", "processor", "images", *UPPER]),
-    ("images", ["config", "registry", "core", "bridges", "processor", *UPPER]),
-    ("inputs", ["config", "registry", "core", "bridges", "processor", *UPPER]),  # finds what the loader opens
-    ("metadata", EVERYTHING),  # the metadata typing rule: standard library only
-    ("core", ["bridges", "registry", "processor", *UPPER]),
-    ("bridges", UPPER),
+# The layers, bottom to top (prefixes of module names): a module may import only modules of its own layer or of
+# the layers before it. Inside ``model/`` the modules are layers of their own, in data-flow order. See
+# docs/ARCHITECTURE.md, "Layers and the arrows rule".
+LAYERS = [
+    "atomic",
+    "extras",
+    "model.config",
+    "model.registry",
+    "model.images",
+    "model.files",
+    "model.processor",
+    "model._mapping",
+    "model.hf",
+    "model._text",
+    "model._vision",
+    "model.core",
+    "model.tiny",
+    "inference",
+    "collection",
+    "integrations",
+    "serve",
+    "cli",
 ]
+RULES = [(lower, LAYERS[i + 1 :]) for i, lower in enumerate(LAYERS[:-1])]
+STDLIB_ONLY = ["atomic", "extras"]  # below everything
 
 
 def module_name(path: Path) -> str:
@@ -129,12 +139,24 @@ def in_layer(module: str, prefix: str) -> bool:
 
 def test_the_graph_is_read():
     """The reader finds known arrows, deferred ones included, and leaves TYPE_CHECKING blocks out."""
-    assert f"{ROOT}.config" in GRAPH[f"{ROOT}.core.model"]
-    assert f"{ROOT}.core.model" in GRAPH[f"{ROOT}.bridges.hf"]
-    assert f"{ROOT}.registry" in GRAPH[f"{ROOT}.bridges.files"]  # `from .. import registry`
-    assert f"{ROOT}.sentence_transformers" in GRAPH[f"{ROOT}.cli.convert"]  # inside a function
+    assert f"{ROOT}.model.config" in GRAPH[f"{ROOT}.model.core"]
+    assert f"{ROOT}.model.hf" in GRAPH[f"{ROOT}.model.core"]  # inside a function
+    assert f"{ROOT}.model.core" not in GRAPH[f"{ROOT}.model.hf"]  # only under TYPE_CHECKING there
+    assert f"{ROOT}.model.registry" in GRAPH[f"{ROOT}.model.files"]  # `from altclip_adapters.model import registry`
+    assert f"{ROOT}.integrations.sentence_transformers" in GRAPH[f"{ROOT}.cli.convert"]  # inside a function
     assert f"{ROOT}.cli._common" in GRAPH[f"{ROOT}.cli.convert"]
     assert len(GRAPH) == len(MODULES) > 40
+
+
+def test_every_module_is_in_a_layer():
+    folders = {m for m in MODULES if MODULES[m].name == "__init__.py"}  # a layer's folder holds layers of its own
+    homeless = sorted(m for m in MODULES if m not in folders and not any(in_layer(m, layer) for layer in LAYERS))
+    assert not homeless, f"modules in no layer of LAYERS: {homeless}"
+
+
+@pytest.mark.parametrize("module", STDLIB_ONLY)
+def test_the_lowest_modules_import_only_the_standard_library(module):
+    assert GRAPH[f"{ROOT}.{module}"] == set()
 
 
 def test_the_circle_finder_finds_circles():
@@ -176,15 +198,15 @@ def test_no_library_module_imports_the_cli():
     assert not wrong, "\n".join(wrong)
 
 
-def test_the_core_loads_checkpoints_without_importing_the_bridges_itself(tiny_dir):
-    """``AltCLIP.from_pretrained`` works when only the core is imported (the package wires the bridge in), and
-    importing the core alone imports no bridge."""
+def test_importing_the_core_imports_no_checkpoint_code(tiny_dir):
+    """Importing the core imports neither the key table nor the file code; ``AltCLIP.from_pretrained`` loads them
+    when called (they sit below the core and are handed the class to build)."""
     code = (
         "import sys\n"
-        "from altclip_adapters.core.model import AltCLIP\n"
-        "print(sorted(m for m in sys.modules if m.startswith('altclip_adapters.bridges')))\n"
+        "from altclip_adapters.model.core import AltCLIP\n"
+        "print(sorted(m for m in sys.modules if m in ('altclip_adapters.model.hf', 'altclip_adapters.model.files')))\n"
         f"model = AltCLIP.from_pretrained({str(tiny_dir)!r})\n"
-        "print(type(model).__name__, type(model.processor).__name__, 'altclip_adapters.bridges.hf' in sys.modules)\n"
+        "print(type(model).__name__, type(model.processor).__name__, 'altclip_adapters.model.hf' in sys.modules)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from altclip_adapters import AltCLIP, cli
-from altclip_adapters.index import (
+from altclip_adapters.collection.index import (
     build_index,
     choose_index_key,
     exact_search,
@@ -25,8 +25,8 @@ from altclip_adapters.index import (
     parse_memory,
     recall_at_k,
 )
-from altclip_adapters.pipeline import Embedder
-from altclip_adapters.store import EmbeddingWriter
+from altclip_adapters.inference.embedder import Embedder
+from altclip_adapters.collection.store import EmbeddingWriter
 
 
 def clustered(n: int, dim: int, *, seed: int = 0, clusters: int = 50, latent: int = 16) -> np.ndarray:

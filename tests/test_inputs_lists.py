@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from altclip_adapters import AltCLIP
-from altclip_adapters.pipeline import Embedder
+from altclip_adapters.inference.embedder import Embedder
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_llama_index(tiny_dir):
 
 
 def test_sentence_transformers(tiny_dir):
-    from altclip_adapters.sentence_transformers import load
+    from altclip_adapters.integrations.sentence_transformers import load
 
     model = load(tiny_dir, device="cpu")
     assert model.encode([]).shape == (0,)  # sentence-transformers returns before any module runs

@@ -18,14 +18,14 @@ import pytest
 from conftest import make_images, write_tar
 from PIL import Image
 
-from altclip_adapters import shards
+from altclip_adapters.collection import shards
 from altclip_adapters.cli import main
-from altclip_adapters.images import UnreadableImageError, describe, image_suffixes, load_image
-from altclip_adapters.inputs import find_images, read_text_lines, split_lines
-from altclip_adapters.metadata import MAX_CHARS
-from altclip_adapters.pipeline import Embedder
-from altclip_adapters.shards import read_parquet, read_tar
-from altclip_adapters.store import read_embeddings, read_metadata
+from altclip_adapters.model.images import UnreadableImageError, describe, image_suffixes, load_image
+from altclip_adapters.collection.inputs import find_images, read_text_lines, split_lines
+from altclip_adapters.collection._metadata import MAX_CHARS
+from altclip_adapters.inference.embedder import Embedder
+from altclip_adapters.collection.shards import read_parquet, read_tar
+from altclip_adapters.collection.store import read_embeddings, read_metadata
 
 NO_HEIF = "import sys; sys.modules['pillow_heif'] = None\n"  # pillow-heif absent, as without the extra
 
@@ -106,13 +106,13 @@ def test_without_pillow_heif_a_heic_photo_is_named_once_with_the_extra(tiny_dir,
     # the loader itself says so for the file in any form, and reads the other formats
     heic = (photos / "e.HEIC").read_bytes()
     result = _python(
-        NO_HEIF + "from altclip_adapters.images import load_image\n"
+        NO_HEIF + "from altclip_adapters.model.images import load_image\n"
         f"print(load_image({str(photos / 'web' / 'd.avif')!r}).mode)\n"
         f"load_image(open({str(photos / 'e.HEIC')!r}, 'rb').read())"
     )
     assert result.stdout == "RGB\n"
     assert result.stderr.strip().splitlines()[-1] == (
-        f"altclip_adapters.images.UnreadableImageError: cannot read {describe(heic)} as an image: "
+        f"altclip_adapters.model.images.UnreadableImageError: cannot read {describe(heic)} as an image: "
         "HEIF/HEIC photos need the pillow-heif plugin: pip install 'altclip-adapters[heif]'"
     )
 

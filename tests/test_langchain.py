@@ -148,7 +148,7 @@ def test_open_clip_route(tiny_dir, embeddings, tmp_path):
     """langchain-experimental's OpenCLIPEmbeddings runs AltCLIP through the open_clip adapter, same vectors."""
     from langchain_experimental.open_clip import OpenCLIPEmbeddings
 
-    from altclip_adapters.adapters.open_clip import save_for_open_clip
+    from altclip_adapters.integrations.open_clip import save_for_open_clip
 
     folder = save_for_open_clip(tiny_dir, tmp_path / "open_clip")
     theirs = OpenCLIPEmbeddings(model_name=f"local-dir:{folder}", checkpoint="")

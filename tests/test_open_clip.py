@@ -22,7 +22,7 @@ from transformers import AltCLIPModel, CLIPImageProcessor
 
 import altclip_adapters
 from altclip_adapters import AltCLIP
-from altclip_adapters.adapters.open_clip import AltCLIPOpenCLIP, model_config, save_for_open_clip, save_hf
+from altclip_adapters.integrations.open_clip import AltCLIPOpenCLIP, model_config, save_for_open_clip, save_hf
 
 TOL = {"atol": 1e-5, "rtol": 0}
 CLASSNAMES = ["猫", "dog", "voiture"]

@@ -22,7 +22,7 @@ from PIL import Image
 from torch.testing import assert_close
 from transformers import AltCLIPModel
 
-from altclip_adapters.adapters.open_clip import AltCLIPOpenCLIP, save_for_open_clip, save_hf
+from altclip_adapters.integrations.open_clip import AltCLIPOpenCLIP, save_for_open_clip, save_hf
 
 CAPTIONS = [
     "a photo of a cat",
@@ -130,7 +130,7 @@ def test_the_pth_file_is_installed_and_cheap():
     assert {"altclip_adapters_autoload.pth", "_altclip_adapters_autoload.py"} <= files
     code = "import sys; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'open_clip', 'altclip_adapters')))"
     # only the import hook (a module of os and sys) is loaded at interpreter start
-    assert run([sys.executable, "-c", code], cwd=Path.cwd()).stdout.strip() == "['altclip_adapters._autoload']"
+    assert run([sys.executable, "-c", code], cwd=Path.cwd()).stdout.strip() == "['altclip_adapters.integrations._autoload']"
 
 
 def test_a_fresh_process_sees_altclip(open_clip_dir, tmp_path):

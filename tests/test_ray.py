@@ -17,10 +17,10 @@ import pytest
 import ray
 
 from altclip_adapters.cli import main
-from altclip_adapters.pipeline import Embedder
-from altclip_adapters.ray import add_embeddings, run
-from altclip_adapters.shards import ShardSource
-from altclip_adapters.store import read_embeddings
+from altclip_adapters.inference.embedder import Embedder
+from altclip_adapters.collection.ray import add_embeddings, run
+from altclip_adapters.collection.shards import ShardSource
+from altclip_adapters.collection.store import read_embeddings
 
 pytestmark = pytest.mark.ray
 

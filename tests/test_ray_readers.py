@@ -17,8 +17,8 @@ import ray
 from conftest import write_tar
 from PIL import Image
 
-from altclip_adapters.pipeline import Embedder
-from altclip_adapters.ray import add_embeddings
+from altclip_adapters.inference.embedder import Embedder
+from altclip_adapters.collection.ray import add_embeddings
 
 pytestmark = pytest.mark.ray
 README = Path(__file__).parent.parent / "README.md"

@@ -17,9 +17,9 @@ from PIL import Image
 from transformers import AltCLIPModel, AltCLIPProcessor
 
 from altclip_adapters import AltCLIP
-from altclip_adapters.config import AltCLIPConfig, TextConfig, VisionConfig
-from altclip_adapters.pipeline import Embedder, fuse_quick_gelu
-from altclip_adapters.runtimes import FIDELITY, OpenVINOTowers, cache_key, cpu_has_bf16, probe_inputs, resolve_runtime
+from altclip_adapters.model.config import AltCLIPConfig, TextConfig, VisionConfig
+from altclip_adapters.inference.embedder import Embedder, fuse_quick_gelu
+from altclip_adapters.inference.runtimes import FIDELITY, OpenVINOTowers, cache_key, cpu_has_bf16, probe_inputs, resolve_runtime
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -133,7 +133,7 @@ CTRL_C_AFTER_TWO_EMBEDDERS = """
 import gc, os, signal, sys, time
 import torch
 from altclip_adapters import AltCLIP
-from altclip_adapters.pipeline import Embedder
+from altclip_adapters.inference.embedder import Embedder
 first = Embedder(AltCLIP.from_pretrained(sys.argv[1]), runtime="openvino", dtype=torch.float32)
 second = Embedder(AltCLIP.from_pretrained(sys.argv[1]), runtime="openvino", int8=True)
 second.texts(["a cat"])

@@ -17,7 +17,7 @@ def python(code: str) -> subprocess.CompletedProcess:
 
 def test_pipeline_and_integrations_import_no_model_library():
     code = (
-        "import sys, altclip_adapters.pipeline, altclip_adapters.runtimes, altclip_adapters.integrations._embedder; "
+        "import sys, altclip_adapters.inference.embedder, altclip_adapters.inference.runtimes, altclip_adapters.integrations._embedder; "
         f"print([m for m in {HEAVY!r} if m in sys.modules])"
     )
     result = python(code)

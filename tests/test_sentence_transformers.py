@@ -27,7 +27,7 @@ from transformers import AltCLIPModel
 from transformers import AltCLIPProcessor as HFProcessor
 
 from altclip_adapters import AltCLIP
-from altclip_adapters.sentence_transformers import (
+from altclip_adapters.integrations.sentence_transformers import (
     AltCLIPModule,
     altclip_module,
     export_native,
@@ -150,7 +150,7 @@ def test_save_writes_both_configs_and_the_requirement(saved_dir):
     assert json.loads((saved_dir / "config.json").read_text())["model_type"] == "altclip"
     assert json.loads((saved_dir / "altclip_sentence_transformers.json").read_text()) == {"max_seq_length": 77}
     modules = json.loads((saved_dir / "modules.json").read_text())
-    assert modules[0]["type"] == "altclip_adapters.sentence_transformers.AltCLIPModule"
+    assert modules[0]["type"] == "altclip_adapters.integrations.sentence_transformers.AltCLIPModule"
     assert modules[0]["path"] == ""
     st_config = json.loads((saved_dir / "config_sentence_transformers.json").read_text())
     assert st_config["requirements"]["altclip-adapters"]["specifier"].startswith(">=")

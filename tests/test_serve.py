@@ -23,7 +23,7 @@ from conftest import SCENES, core_images, core_texts, draw_scene, write_collecti
 from PIL import Image
 
 from altclip_adapters import AltCLIP
-from altclip_adapters.pipeline import Embedder
+from altclip_adapters.inference.embedder import Embedder
 from altclip_adapters.serve.app import ServeSettings
 from altclip_adapters.serve.batching import BatchHandler
 from altclip_adapters.serve.server import ServerThread, build_app, is_loopback
@@ -137,7 +137,7 @@ def test_a_single_string_and_a_long_text(client, core):
 def test_openai_client_images_equal_the_core(client, core, pictures):
     uris = [data_uri(p) for p in pictures[:3]] + [data_uri(pictures[3], "JPEG")]
     response = client.embeddings.create(model=MODEL, input=uris, extra_body={"modality": "image"})
-    from altclip_adapters.images import load_image
+    from altclip_adapters.model.images import load_image
 
     size = core.processor.image_transform.shortest_edge  # JPEGs decode at the reduced DCT scale the resize needs
     jpeg = load_image(base64.b64decode(uris[3].split(",")[1]), draft=size)

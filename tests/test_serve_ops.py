@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from altclip_adapters.pipeline import Embedder
+from altclip_adapters.inference.embedder import Embedder
 from altclip_adapters.serve.app import ServeSettings
 from altclip_adapters.serve.security import read_api_keys
 from altclip_adapters.serve.server import ServerThread, build_app, served_model_name

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import SCENES
 
-from altclip_adapters.pipeline import Embedder
+from altclip_adapters.inference.embedder import Embedder
 from altclip_adapters.serve.app import ServeSettings
 from altclip_adapters.serve.server import ServerThread, build_app
 

@@ -20,12 +20,12 @@ from conftest import core_images, core_texts, draw_scene
 from PIL import Image
 
 from altclip_adapters import AltCLIP
-from altclip_adapters.pipeline import Embedder
+from altclip_adapters.inference.embedder import Embedder
 from altclip_adapters.serve.app import ServeSettings
 from altclip_adapters.serve.batching import BatchHandler
 from altclip_adapters.serve.server import ServerThread, build_app
 from altclip_adapters.serve.settings import Connections
-from altclip_adapters.store import EmbeddingWriter
+from altclip_adapters.collection.store import EmbeddingWriter
 
 MODEL = "altclip-tiny"
 
@@ -315,7 +315,7 @@ def test_cors_when_asked(embedder):
 def test_a_corrupt_index_never_makes_searches_500(embedder, scene_collection, tmp_path, damage, caplog):
     import shutil
 
-    from altclip_adapters.index import build_index, index_path
+    from altclip_adapters.collection.index import build_index, index_path
 
     folder = tmp_path / "emb"
     shutil.copytree(scene_collection[0], folder)

@@ -10,9 +10,9 @@ import pytest
 from conftest import write_tar
 
 from altclip_adapters.cli import main
-from altclip_adapters.pipeline import Embedder
-from altclip_adapters.shards import ShardSource, plan, read_parquet, read_tar
-from altclip_adapters.store import read_embeddings, read_manifest
+from altclip_adapters.inference.embedder import Embedder
+from altclip_adapters.collection.shards import ShardSource, plan, read_parquet, read_tar
+from altclip_adapters.collection.store import read_embeddings, read_manifest
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,7 @@ def test_shard_fingerprint_changes_with_its_items():
 
 
 def test_an_item_is_its_path_size_and_modification_time(shard_inputs, tmp_path):
-    from altclip_adapters.shards import collect
+    from altclip_adapters.collection.shards import collect
 
     tar = tmp_path / "a.tar"
     tar.write_bytes(shard_inputs["tars"][0].read_bytes())

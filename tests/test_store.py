@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from altclip_adapters.store import (
+from altclip_adapters.collection.store import (
     EmbeddingWriter,
     done_shards,
     folder_modalities,
@@ -266,7 +266,7 @@ def test_any_shard_split_reads_back_in_order(tmp_path_factory, sizes, dim, dtype
 
 
 def test_keep_rows_copies_the_stored_values_bit_for_bit(tmp_path):
-    from altclip_adapters.store import delete_shard, keep_rows, shard_rows, shards
+    from altclip_adapters.collection.store import delete_shard, keep_rows, shard_rows, shards
 
     out = tmp_path / "emb"
     writer = EmbeddingWriter(out, model="BAAI/AltCLIP", dtype="float16")
@@ -297,7 +297,7 @@ def test_a_full_disk_raises_instead_of_publishing_a_truncated_npy(tmp_path):
     import signal
 
     from altclip_adapters.atomic import write_with
-    from altclip_adapters.store import save_npy
+    from altclip_adapters.collection.store import save_npy
 
     path = tmp_path / "x.npy"
     old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -313,7 +313,7 @@ def test_a_full_disk_raises_instead_of_publishing_a_truncated_npy(tmp_path):
 
 
 def test_write_and_read_an_embedding_file(tmp_path):
-    from altclip_adapters.store import read_embedding_file, write_embedding_file
+    from altclip_adapters.collection.store import read_embedding_file, write_embedding_file
 
     rows = unit_rows(3, 8, 0)
     for name in ("x.npy", "x.parquet"):

@@ -10,7 +10,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from altclip_adapters.adapters.open_clip_registration import SUPPORTED_OPEN_CLIP
+from altclip_adapters.integrations._open_clip_registration import SUPPORTED_OPEN_CLIP
 
 try:
     import tomllib

@@ -11,8 +11,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import convert, demo, embed, export, index, search, serve
-from ._common import CLIError, HelpFormatter
+from altclip_adapters.cli import convert, demo, embed, export, index, search, serve
+from altclip_adapters.cli._common import CLIError, HelpFormatter
 
 COMMANDS = (demo, embed, index, search, convert, export, serve)  # in the order ``altclip --help`` lists them
 

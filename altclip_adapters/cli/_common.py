@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import registry
+from altclip_adapters.model import registry
 
 if TYPE_CHECKING:
-    from ..pipeline import Embedder
+    from altclip_adapters.inference.embedder import Embedder
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
@@ -95,7 +95,7 @@ def image_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode-on-device", action="store_true", help="decode JPEG files on the device (nvJPEG on a GPU)")
     p.add_argument("--workers", type=natural_int,
                    help="image decoding worker processes (default: one per CPU core up to 16 on cuda, 0 on cpu)")
-    from ..images import DEFAULT_MAX_IMAGE_PIXELS  # PIL only: no numpy, no torch
+    from altclip_adapters.model.images import DEFAULT_MAX_IMAGE_PIXELS  # PIL only: no numpy, no torch
 
     p.add_argument("--max-image-pixels", type=pixel_limit, default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
                    help="images with more pixels (width x height) are reported unreadable and skipped, before "
@@ -110,7 +110,7 @@ def pixel_limit(text: str) -> int | None:
 def check_model(model: str) -> None:
     """Fail now, before anything heavy is imported, when ``model`` is neither a checkpoint folder nor a registry
     name nor a hub id (the same rule as ``AltCLIP.from_pretrained``)."""
-    from ..bridges.files import checkpoint_source
+    from altclip_adapters.model.files import checkpoint_source
 
     checkpoint_source(model)
 
@@ -138,7 +138,7 @@ def embedder_options(args: argparse.Namespace) -> dict:
 
 def load_embedder(model: str, args: argparse.Namespace) -> Embedder:
     """The ``Embedder`` the command's options describe (see :func:`embedder_options`)."""
-    from ..pipeline import Embedder
+    from altclip_adapters.inference.embedder import Embedder
 
     return Embedder.from_pretrained(model, **embedder_options(args))
 

@@ -1,6 +1,6 @@
 """``altclip embed ... --out DIR``: an embedding folder in clip-retrieval's layout, shard by shard, in this
-process or on Ray (``--ray [ADDRESS]``). The run itself is :mod:`altclip_adapters.bulk` /
-:func:`altclip_adapters.ray.run`; this module parses, prints and sizes the Ray actors."""
+process or on Ray (``--ray [ADDRESS]``). The run itself is :mod:`altclip_adapters.collection.worker` /
+:func:`altclip_adapters.collection.ray.run`; this module parses, prints and sizes the Ray actors."""
 
 from __future__ import annotations
 
@@ -13,29 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._common import (
-    CLIError,
-    Interrupted,
-    check_model,
-    embedder_options,
-    load_embedder,
-    model_reference,
-    natural_int,
-    positive_int,
-    warn,
-)
+from altclip_adapters.cli._common import CLIError, Interrupted, check_model, embedder_options, load_embedder, model_reference, natural_int, positive_int, warn
 
 if TYPE_CHECKING:
-    from ..bulk import ShardReport, Update
-    from ..shards import Inputs
+    from altclip_adapters.collection.worker import ShardReport, Update
+    from altclip_adapters.collection.shards import Inputs
 
 STORE_DTYPES = ("float16", "float32")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of folder output, shard inputs and Ray (added to ``altclip embed``)."""
-    from ..bulk import MODALITY_CHOICES
-    from ..shards import SHARD_SIZE
+    from altclip_adapters.collection.worker import MODALITY_CHOICES
+    from altclip_adapters.collection.shards import SHARD_SIZE
 
     p.epilog += (
         "\n\nembedding folders (clip-retrieval's layout: img_emb/, text_emb/, metadata/):\n"
@@ -122,17 +112,17 @@ class Outcome:
 
 
 def embed_folder(args: argparse.Namespace, out: Path, *, dtype: str, name: str | None = None) -> Outcome:
-    """Bring the embedding folder ``out`` up to date with ``args.paths`` (see :mod:`altclip_adapters.bulk`),
+    """Bring the embedding folder ``out`` up to date with ``args.paths`` (see :mod:`altclip_adapters.collection.worker`),
     in this process or on Ray, holding the folder's lock; prints what changed, what was skipped and the time
     per stage (stderr). ``name`` is how messages call the output (default: the folder). Raises Interrupted
     (Ctrl-C, SIGTERM) after saving the finished batches."""
     from tqdm import tqdm
 
-    from ..bulk import ShardEmbedder, apply, stage_summary, update
-    from ..bulk import modalities as find_modalities
-    from ..bulk import run as run_here
-    from ..shards import collect
-    from ..store import EmbeddingWriter, lock
+    from altclip_adapters.collection.worker import ShardEmbedder, apply, stage_summary, update
+    from altclip_adapters.collection.worker import modalities as find_modalities
+    from altclip_adapters.collection.worker import run as run_here
+    from altclip_adapters.collection.shards import collect
+    from altclip_adapters.collection.store import EmbeddingWriter, lock
 
     if args.ray and Path(args.ray).exists():
         raise CLIError(
@@ -209,7 +199,7 @@ def check_outcome(outcome: Outcome) -> None:
 
 def blank_lines(paths) -> int:
     """Blank lines of the ``.txt`` inputs, which are skipped (and counted in the summary), not embedded."""
-    from ..inputs import read_text_lines
+    from altclip_adapters.collection.inputs import read_text_lines
 
     return read_text_lines(paths).blank
 
@@ -241,12 +231,12 @@ def run(args: argparse.Namespace, out: Path) -> None:
 
 
 def _run_on_ray(args: argparse.Namespace, out: Path, todo, reference: str, embedded, dtype: str, on_report) -> None:
-    """Size the actors from the cluster's resources and run :func:`altclip_adapters.ray.run`."""
+    """Size the actors from the cluster's resources and run :func:`altclip_adapters.collection.ray.run`."""
     try:
         import ray
     except ImportError as e:
         raise CLIError("--ray needs Ray Data: pip install 'altclip-adapters[ray]'") from e
-    from .. import ray as altclip_ray
+    from altclip_adapters.collection import ray as altclip_ray
 
     started = not ray.is_initialized()
     if started:

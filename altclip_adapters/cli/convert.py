@@ -8,11 +8,11 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import registry
-from ._common import CLIError, check_model, command_parser
+from altclip_adapters.model import registry
+from altclip_adapters.cli._common import CLIError, check_model, command_parser
 
 if TYPE_CHECKING:
-    from ..config import AltCLIPConfig
+    from altclip_adapters.model.config import AltCLIPConfig
 
 LAYOUTS = ("baai", "open_clip", "sentence-transformers")
 
@@ -36,7 +36,7 @@ def layout_of(source: str) -> str:
 def arch_config(arch: str) -> AltCLIPConfig:
     """The AltCLIP architecture an open_clip model name stands for: a registry name, or ``local-dir:FOLDER`` (the
     ``"altclip"`` entry of the folder's open_clip_config.json). Raises CLIError for any other name."""
-    from ..config import OPEN_CLIP_KEY, AltCLIPConfig
+    from altclip_adapters.model.config import OPEN_CLIP_KEY, AltCLIPConfig
 
     card = registry.find(arch)
     if card is not None:
@@ -55,8 +55,8 @@ def arch_config(arch: str) -> AltCLIPConfig:
 def check_arch(path: Path, arch: str) -> None:
     """Raise CLIError, in one line, when the checkpoint file ``path`` does not fit the open_clip model ``arch``:
     which tensors differ, one example with both shapes, and which registry architecture fits the file, if any."""
-    from ..bridges.files import tensor_shapes
-    from ..bridges.hf import architecture_mismatch
+    from altclip_adapters.model.files import tensor_shapes
+    from altclip_adapters.model.core import architecture_mismatch
 
     found = tensor_shapes(path)
     mismatch = architecture_mismatch(found, arch_config(arch))
@@ -82,10 +82,10 @@ def write_baai(source: str, layout: str, folder: Path, arch: str | None = None) 
     """Write ``source`` (in ``layout``) as a BAAI/AltCLIP-layout folder; an open_clip checkpoint
     file is loaded into the open_clip model ``arch``. Shapes are checked before any model is built."""
     if layout == "sentence-transformers":
-        from ..sentence_transformers import is_native_folder, load, save_checkpoint
+        from altclip_adapters.integrations.sentence_transformers import is_native_folder, load, save_checkpoint
 
         if is_native_folder(source):  # written by --native: its root is the transformers checkpoint
-            from ..core.model import AltCLIP
+            from altclip_adapters.model.core import AltCLIP
 
             AltCLIP.from_pretrained(Path(source).expanduser()).save_pretrained(folder)
         else:
@@ -93,7 +93,7 @@ def write_baai(source: str, layout: str, folder: Path, arch: str | None = None) 
     elif layout.startswith("open_clip"):
         import open_clip
 
-        from ..adapters.open_clip import save_hf
+        from altclip_adapters.integrations.open_clip import save_hf
 
         if layout == "open_clip checkpoint":
             path = str(Path(source).expanduser())
@@ -112,7 +112,7 @@ def write_baai(source: str, layout: str, folder: Path, arch: str | None = None) 
             model = open_clip.create_model(name)
         save_hf(model, open_clip.get_tokenizer(name), folder)
     else:
-        from ..core.model import AltCLIP
+        from altclip_adapters.model.core import AltCLIP
 
         AltCLIP.from_pretrained(source).save_pretrained(folder)
 
@@ -144,15 +144,15 @@ def run(args: argparse.Namespace) -> None:
             if layout != "baai":
                 write_baai(args.source, layout, Path(tmp), args.arch)
             if args.to == "open_clip":
-                from ..adapters.open_clip import save_for_open_clip
+                from altclip_adapters.integrations.open_clip import save_for_open_clip
 
                 save_for_open_clip(baai, out)
             elif args.native:
-                from ..sentence_transformers import export_native
+                from altclip_adapters.integrations.sentence_transformers import export_native
 
                 export_native(baai, out)
             else:
-                from ..sentence_transformers import load
+                from altclip_adapters.integrations.sentence_transformers import load
 
                 load(baai).save(str(out))
     print(f"wrote {args.to} folder {out} from {layout} {args.source}")

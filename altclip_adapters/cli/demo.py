@@ -7,8 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import registry
-from ._common import command_parser, load_embedder, model_options, warn
+from altclip_adapters.model import registry
+from altclip_adapters.cli._common import command_parser, load_embedder, model_options, warn
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -37,7 +37,7 @@ def demo_images() -> dict[str, Image.Image]:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..bridges.files import checkpoint_source, download
+    from altclip_adapters.model.files import checkpoint_source, download
 
     source = checkpoint_source(args.model)  # a bad name or path fails here, before torch is imported
     with tempfile.TemporaryDirectory() as tmp:
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> None:
             try:
                 model = str(download(source))
             except FileNotFoundError as e:
-                from ..tiny import RANDOM_WEIGHTS_BANNER, make_checkpoint
+                from altclip_adapters.model.tiny import RANDOM_WEIGHTS_BANNER, make_checkpoint
 
                 warn(f"{e}; running on a RANDOM tiny checkpoint instead")
                 model, banner = str(make_checkpoint(Path(tmp) / "tiny", "tiny")), RANDOM_WEIGHTS_BANNER

@@ -1,5 +1,5 @@
 """``altclip embed``: embed images (files, folders) or texts (.txt files) into one index file or an embedding folder,
-incrementally and resumably (one mechanism for both: :mod:`altclip_adapters.bulk`)."""
+incrementally and resumably (one mechanism for both: :mod:`altclip_adapters.collection.worker`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import argparse
 import hashlib
 from pathlib import Path
 
-from . import _folder
-from ._common import CLIError, command_parser, image_options, model_options, model_reference
+from altclip_adapters.cli import _folder
+from altclip_adapters.cli._common import CLIError, command_parser, image_options, model_options, model_reference
 
 OUTPUT_SUFFIXES = (".npy", ".parquet")
 
@@ -20,14 +20,14 @@ def state_folder(out: Path) -> Path:
 
 def _state_token(folder: Path, modality: str) -> str:
     """A hash of the state folder's shard fingerprints: what the output file was made from."""
-    from ..store import shards
+    from altclip_adapters.collection.store import shards
 
     text = "\n".join(f"{s.shard_id}:{s.fingerprint}" for s in shards(folder, modality))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _up_to_date(out: Path, token: str) -> bool:
-    from ..store import read_embedding_file
+    from altclip_adapters.collection.store import read_embedding_file
 
     try:
         return read_embedding_file(out)[2].get("state") == token
@@ -36,13 +36,13 @@ def _up_to_date(out: Path, token: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> None:
-    """One mechanism for every output: a ``.npy`` / ``.parquet`` OUT is a folder run (:mod:`altclip_adapters.bulk`:
+    """One mechanism for every output: a ``.npy`` / ``.parquet`` OUT is a folder run (:mod:`altclip_adapters.collection.worker`:
     incremental, resumable, locked) into the hidden folder :func:`state_folder`, whose rows are then written to
     OUT in input order, atomically."""
     import numpy as np
 
-    from ..bulk import NOUNS, rows_by_key
-    from ..store import EMBEDDING_DIRS, shard_name, write_embedding_file
+    from altclip_adapters.collection.worker import NOUNS, rows_by_key
+    from altclip_adapters.collection.store import EMBEDDING_DIRS, shard_name, write_embedding_file
 
     out = Path(args.out)
     if _folder.is_folder(out):

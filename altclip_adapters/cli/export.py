@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ._common import CLIError, check_model, command_parser, warn
+from altclip_adapters.cli._common import CLIError, check_model, command_parser, warn
 
 
 def run(args: argparse.Namespace) -> None:
@@ -18,8 +18,8 @@ def run(args: argparse.Namespace) -> None:
     if args.int8 and args.to != "openvino":
         raise CLIError("--int8 is OpenVINO's (NNCF int8 weights): use --to openvino")
     check_model(args.model)
-    from ..core.model import AltCLIP
-    from ..export import MANIFEST, export
+    from altclip_adapters.model.core import AltCLIP
+    from altclip_adapters.inference.export import MANIFEST, export
 
     try:
         manifest = export(AltCLIP.from_pretrained(args.model), out, args.to, int8=args.int8)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import CLIError, command_parser, warn
+from altclip_adapters.cli._common import CLIError, command_parser, warn
 
 
 def memory_size(text: str) -> str:
     """argparse type: a memory size such as 4G or 512M (checked, kept as written)."""
-    from ..index import parse_memory  # numpy only
+    from altclip_adapters.collection.index import parse_memory  # numpy only
 
     try:
         parse_memory(text)
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> None:
     if not folder.is_dir():
         raise FileNotFoundError(f"no such embedding folder: {folder}")
     try:
-        from ..index import build_index
+        from altclip_adapters.collection.index import build_index
 
         infos = build_index(
             folder,

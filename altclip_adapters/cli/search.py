@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._common import CLIError, check_model, command_parser, load_embedder, model_options, positive_int, warn
+from altclip_adapters.cli._common import CLIError, check_model, command_parser, load_embedder, model_options, positive_int, warn
 
 SHOWN_COLUMNS = ("image_path", "url", "key")  # the first present names the hit; a caption follows
 
@@ -17,7 +17,7 @@ def embed_query(args: argparse.Namespace, model: str, dim: int, recorded: str):
     check_model(model)
     image = None
     if args.image is not None:  # read before the model loads: a bad file fails in a second, not after loading
-        from ..images import load_image
+        from altclip_adapters.model.images import load_image
 
         image = load_image(args.image)  # the Embedder's default pixel limit
     embedder = load_embedder(model, args)
@@ -41,8 +41,8 @@ def describe(metadata: dict[str, Any]) -> str:
 
 
 def search_file(args: argparse.Namespace, path: Path) -> None:
-    from ..index import exact_search
-    from ..store import read_embedding_file
+    from altclip_adapters.collection.index import exact_search
+    from altclip_adapters.collection.store import read_embedding_file
 
     if args.modality:
         raise CLIError("--modality applies to an embedding folder; a .npy or .parquet index holds one modality")
@@ -54,7 +54,7 @@ def search_file(args: argparse.Namespace, path: Path) -> None:
 
 
 def search_folder(args: argparse.Namespace, folder: Path) -> None:
-    from ..index import open_index
+    from altclip_adapters.collection.index import open_index
 
     index = open_index(folder, model=args.model, on_warning=warn)
     modality = args.modality or ("image" if "image" in index.modalities else "text")

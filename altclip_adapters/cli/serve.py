@@ -6,17 +6,7 @@ import argparse
 import signal
 from pathlib import Path
 
-from ._common import (
-    CLIError,
-    check_model,
-    command_parser,
-    load_embedder,
-    model_options,
-    natural_int,
-    pixel_limit,
-    positive_int,
-    warn,
-)
+from altclip_adapters.cli._common import CLIError, check_model, command_parser, load_embedder, model_options, natural_int, pixel_limit, positive_int, warn
 
 
 def positive_seconds(text: str) -> float:
@@ -33,7 +23,7 @@ def run(args: argparse.Namespace) -> None:
         raise CLIError(f"no such embedding folder: {folder}")
     model = args.model
     if model is None:
-        from ..store import read_manifest
+        from altclip_adapters.collection.store import read_manifest
 
         model = read_manifest(folder)["model"] if folder is not None else "AltCLIP"
     check_model(model)
@@ -47,12 +37,12 @@ def run(args: argparse.Namespace) -> None:
         try:
             import prometheus_client  # noqa: F401
         except ImportError:
-            from ..serve.metrics import MISSING
+            from altclip_adapters.serve.metrics import MISSING
 
             raise CLIError(MISSING) from None
 
-    from ..serve.security import allowed_hosts, read_api_keys
-    from ..serve.server import Connections, ServeSettings, build_app, is_loopback, served_model_name, uvicorn_config
+    from altclip_adapters.serve.security import allowed_hosts, read_api_keys
+    from altclip_adapters.serve.server import Connections, ServeSettings, build_app, is_loopback, served_model_name, uvicorn_config
 
     try:
         keys = read_api_keys(args.api_key, args.api_key_file)
@@ -100,7 +90,7 @@ def _exit_cleanly(signum: int, frame: object) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..serve.settings import SERVE_MAX_IMAGE_PIXELS, SERVE_PIXEL_BUDGET, Connections
+    from altclip_adapters.serve.settings import SERVE_MAX_IMAGE_PIXELS, SERVE_PIXEL_BUDGET, Connections
 
     p = command_parser(
         sub, "serve", "serve an OpenAI-compatible embeddings API and, for an embedding folder, search and a search page",

@@ -1,4 +1,4 @@
-"""What the LangChain and LlamaIndex backends share: a :class:`~altclip_adapters.pipeline.Embedder` built from a
+"""What the LangChain and LlamaIndex backends share: a :class:`~altclip_adapters.inference.embedder.Embedder` built from a
 name or a loaded model, and its unit vectors as lists of floats."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from typing import IO, TYPE_CHECKING
 
 import torch
 
-from ..pipeline import Embedder, check_batch_size
-from ..processor import ImageInput
+from altclip_adapters.inference.embedder import Embedder, check_batch_size
+from altclip_adapters.model.processor import ImageInput
 
 if TYPE_CHECKING:
-    from ..core import AltCLIP
+    from altclip_adapters.model.core import AltCLIP
 
 ImageLike = ImageInput | IO[bytes]  # paths, PIL images, uint8 arrays, or open binary files such as BytesIO
 
@@ -32,7 +32,7 @@ def load_embedder(
     and ``AltCLIP.from_pretrained`` do."""
     check_batch_size(batch_size)  # before the model loads
     if isinstance(model, (str, Path)):
-        from ..core import AltCLIP  # transformers and timm: with the model, not on import
+        from altclip_adapters.model.core import AltCLIP  # transformers and timm: with the model, not on import
 
         model = AltCLIP.from_pretrained(model)
     else:

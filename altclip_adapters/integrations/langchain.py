@@ -14,8 +14,8 @@ except ImportError as e:
         "altclip_adapters.integrations.langchain needs LangChain: pip install 'altclip-adapters[langchain]'"
     ) from e
 
-from ..core import AltCLIP
-from ._embedder import ImageLike, image_vectors, load_embedder, text_vectors
+from altclip_adapters.model.core import AltCLIP
+from altclip_adapters.integrations._embedder import ImageLike, image_vectors, load_embedder, text_vectors
 
 
 class AltCLIPEmbeddings(Embeddings):
@@ -24,7 +24,7 @@ class AltCLIPEmbeddings(Embeddings):
 
     ``model`` is a registry name (``"AltCLIP"``, ``"AltCLIP-m18"``), a hub id, a checkpoint folder or a loaded
     ``AltCLIP``. Vectors have unit length; texts past ``context_length`` tokens (default 77) are truncated.
-    ``runtime``: ``"torch"``, ``"openvino"`` or ``"auto"`` (see :class:`altclip_adapters.pipeline.Embedder`).
+    ``runtime``: ``"torch"``, ``"openvino"`` or ``"auto"`` (see :class:`altclip_adapters.inference.embedder.Embedder`).
     """
 
     def __init__(

@@ -16,9 +16,9 @@ except ImportError as e:
         "altclip_adapters.integrations.llama_index needs LlamaIndex: pip install 'altclip-adapters[llama-index]'"
     ) from e
 
-from ..pipeline import Embedder
-from ..processor import DEFAULT_CONTEXT_LENGTH
-from ._embedder import image_vectors, load_embedder, text_vectors
+from altclip_adapters.inference.embedder import Embedder
+from altclip_adapters.model.processor import DEFAULT_CONTEXT_LENGTH
+from altclip_adapters.integrations._embedder import image_vectors, load_embedder, text_vectors
 
 
 class AltCLIPEmbedding(MultiModalEmbedding):
@@ -27,7 +27,7 @@ class AltCLIPEmbedding(MultiModalEmbedding):
     ``model_name`` is a registry name (``"AltCLIP"``, ``"AltCLIP-m18"``), a hub id or a checkpoint folder. Texts
     and images (paths or ``BytesIO``, as ``ImageNode.resolve_image()`` gives) are encoded ``embed_batch_size`` at a
     time; vectors have unit length; texts past ``context_length`` tokens (default 77) are truncated. ``runtime``:
-    ``"torch"``, ``"openvino"`` or ``"auto"`` (see :class:`altclip_adapters.pipeline.Embedder`).
+    ``"torch"``, ``"openvino"`` or ``"auto"`` (see :class:`altclip_adapters.inference.embedder.Embedder`).
     """
 
     model_name: str = Field(default="AltCLIP", description="Registry name, hub id or checkpoint folder.")

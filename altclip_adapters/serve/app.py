@@ -17,19 +17,19 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from .errors import install_handlers
-from .limits import BodyLimit
-from .prepare import PixelBudget
-from .routes import collection, embeddings, ops, page, search
-from .security import SecurityHeaders
-from .settings import ServeSettings
+from altclip_adapters.serve.errors import install_handlers
+from altclip_adapters.serve.limits import BodyLimit
+from altclip_adapters.serve.prepare import PixelBudget
+from altclip_adapters.serve.routes import collection, embeddings, ops, page, search
+from altclip_adapters.serve.security import SecurityHeaders
+from altclip_adapters.serve.settings import ServeSettings
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from .batching import BatchHandler
-    from .files import ThumbnailCache
-    from .folder import ServedFolder
+    from altclip_adapters.serve.batching import BatchHandler
+    from altclip_adapters.serve.files import ThumbnailCache
+    from altclip_adapters.serve.folder import ServedFolder
 
 def create_app(
     handler: BatchHandler,
@@ -46,7 +46,7 @@ def create_app(
     root, kept for ``/admin/reload``; ``thumbnails``: where thumbnails are cached (None: ``/thumbnails``
     answers 404). Raises ImportError naming the extra when ``settings.metrics`` is on without prometheus-client.
     """
-    from .metrics import Metrics, MetricsMiddleware
+    from altclip_adapters.serve.metrics import Metrics, MetricsMiddleware
 
     metrics = Metrics(lambda: handler.pending) if settings.metrics else None
 

@@ -4,7 +4,7 @@ The shape follows infinity-emb's ``BatchHandler`` (``infinity_emb/inference/batc
 layer validates a request and prepares its items (texts tokenised, images decoded, resized and cropped:
 :mod:`.prepare`, in the request's thread pool, so a bad input fails its own request only), hands them over and
 awaits a future; one worker thread owns the model, takes what is queued, runs it through
-:class:`~altclip_adapters.pipeline.Embedder` (token ids padded per length-sorted batch, pixels normalised on
+:class:`~altclip_adapters.inference.embedder.Embedder` (token ids padded per length-sorted batch, pixels normalised on
 the device) and resolves the futures. When a shared forward pass raises, each of its requests is run again
 alone, so that only the request that makes the model fail gets the error.
 
@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .errors import Overloaded
+from altclip_adapters.serve.errors import Overloaded
 
 if TYPE_CHECKING:
-    from ..pipeline import Embedder
+    from altclip_adapters.inference.embedder import Embedder
 
 
 class _Stopped(Exception):

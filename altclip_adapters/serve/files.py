@@ -21,8 +21,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..atomic import write_bytes
-from ..images import DEFAULT_MAX_IMAGE_PIXELS, image_suffixes, load_image
+from altclip_adapters.atomic import write_bytes
+from altclip_adapters.model.images import DEFAULT_MAX_IMAGE_PIXELS, image_suffixes, load_image
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")  # http://, s3://, ...: not a local file
 

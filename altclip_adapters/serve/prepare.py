@@ -13,13 +13,13 @@ import io
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ..images import UnreadableImageError, load_image
-from .errors import APIError, Overloaded
+from altclip_adapters.model.images import UnreadableImageError, load_image
+from altclip_adapters.serve.errors import APIError, Overloaded
 
 if TYPE_CHECKING:
     import torch
 
-    from ..processor import AltCLIPProcessor
+    from altclip_adapters.model.processor import AltCLIPProcessor
 
 
 # texts ------------------------------------------------------------------------------------------------

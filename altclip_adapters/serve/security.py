@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import Request
 
-from .errors import APIError
+from altclip_adapters.serve.errors import APIError
 
 API_KEY_ENV = "ALTCLIP_API_KEY"
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")

@@ -12,17 +12,17 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-from .app import create_app
-from .batching import BatchHandler
-from .files import ThumbnailCache
-from .folder import open_folder
-from .limits import header_timeout_protocol
-from .settings import Connections, ServeSettings
+from altclip_adapters.serve.app import create_app
+from altclip_adapters.serve.batching import BatchHandler
+from altclip_adapters.serve.files import ThumbnailCache
+from altclip_adapters.serve.folder import open_folder
+from altclip_adapters.serve.limits import header_timeout_protocol
+from altclip_adapters.serve.settings import Connections, ServeSettings
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from ..pipeline import Embedder
+    from altclip_adapters.inference.embedder import Embedder
 
 
 def default_thumbnail_cache() -> Path:
@@ -44,7 +44,7 @@ def served_model_name(model: str) -> str:
     """The name clients pass as ``model`` for ``model`` (a registry name, hub id or checkpoint folder): the
     registry name when it is one (``BAAI/AltCLIP`` -> ``AltCLIP``), else the last part of the hub id or folder
     (never an absolute path of the server's disk)."""
-    from ..registry import find
+    from altclip_adapters.model.registry import find
 
     card = find(model)
     if card is not None:

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..errors import APIError
-from ..files import NotInCollection
-from ..security import require_api_key
+from altclip_adapters.serve.errors import APIError
+from altclip_adapters.serve.files import NotInCollection
+from altclip_adapters.serve.security import require_api_key
 
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["collection"])
 

@@ -17,10 +17,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..errors import APIError
-from ..prepare import check_texts, declared_size, image_bytes, pixels, tokenize
-from ..schemas import EmbeddingRequest, EmbeddingResponse, ModelCard, ModelList
-from ..security import require_api_key
+from altclip_adapters.serve.errors import APIError
+from altclip_adapters.serve.prepare import check_texts, declared_size, image_bytes, pixels, tokenize
+from altclip_adapters.serve.schemas import EmbeddingRequest, EmbeddingResponse, ModelCard, ModelList
+from altclip_adapters.serve.security import require_api_key
 
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["OpenAI-compatible"])
 

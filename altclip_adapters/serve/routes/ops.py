@@ -12,11 +12,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from ..errors import APIError
-from ..folder import open_folder
-from ..prepare import tokenize
-from ..schemas import Health, Ready, Reloaded
-from ..security import require_api_key
+from altclip_adapters.serve.errors import APIError
+from altclip_adapters.serve.folder import open_folder
+from altclip_adapters.serve.prepare import tokenize
+from altclip_adapters.serve.schemas import Health, Ready, Reloaded
+from altclip_adapters.serve.security import require_api_key
 
 READY_WINDOW_S = 30.0
 PROBE_TIMEOUT_S = 10.0

@@ -14,11 +14,11 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..errors import APIError
-from ..folder import ServedFolder, current_folder
-from ..schemas import SearchResponse
-from ..security import require_api_key
-from .embeddings import embed_images, embed_texts
+from altclip_adapters.serve.errors import APIError
+from altclip_adapters.serve.folder import ServedFolder, current_folder
+from altclip_adapters.serve.schemas import SearchResponse
+from altclip_adapters.serve.security import require_api_key
+from altclip_adapters.serve.routes.embeddings import embed_images, embed_texts
 
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["search"])
 

@@ -3,7 +3,7 @@ image files or text lines.
 
 A run is a list of :class:`ShardSource` (small, picklable: what a Ray task is sent); ``source.read()``
 returns the shard's :class:`Sample` list. Input shard ``i`` becomes output shard ``i`` of the embedding
-folder (:mod:`altclip_adapters.store`), so a rerun skips the shards already written.
+folder (:mod:`altclip_adapters.collection.store`), so a rerun skips the shards already written.
 
 Formats, as img2dataset (``img2dataset/writer.py``) writes them:
 
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .inputs import find_images, read_text_lines
+from altclip_adapters.collection.inputs import find_images, read_text_lines
 
 SHARD_SIZE = 10_000  # items per output shard for file and text-line inputs (img2dataset's default shard size)
 PARQUET_IMAGE_COLUMNS = ("jpg", "png", "webp", "jpeg")  # img2dataset's encode formats, in its preference order
@@ -63,7 +63,7 @@ class Shard:
     """The samples of one input shard. ``error`` (or None) says why reading stopped before the end;
     ``skipped`` names the samples left out as unreadable; ``missing_images`` counts the rows that hold
     no image at all (img2dataset's failed downloads); ``notes`` says, once per kind and shard, where a
-    sample was kept with something changed (metadata stored by :mod:`altclip_adapters.metadata`'s rules, a
+    sample was kept with something changed (metadata stored by :mod:`altclip_adapters.collection._metadata`'s rules, a
     caption that is not UTF-8 decoded with replacement characters): shard, sample key and field."""
 
     samples: list[Sample]
@@ -273,11 +273,11 @@ def _json_fields(data: bytes, where: str) -> dict[str, Any]:
 
 def _sample(shard: Shard, path: str, key: str, image, caption: str | None, fields: dict[str, Any]) -> None:
     """Add the sample ``key`` to ``shard`` (its metadata: ``image_path`` = the key, ``caption``, then
-    ``fields``, stored by :mod:`altclip_adapters.metadata`'s rules), or name it in ``shard.skipped`` when its
-    key is unsafe. A blank caption (:func:`~altclip_adapters.inputs.is_blank`) is kept in the metadata but
+    ``fields``, stored by :mod:`altclip_adapters.collection._metadata`'s rules), or name it in ``shard.skipped`` when its
+    key is unsafe. A blank caption (:func:`~altclip_adapters.collection.inputs.is_blank`) is kept in the metadata but
     not as the sample's caption, so it is skipped and counted as a blank text line is."""
-    from .inputs import is_blank
-    from .metadata import metadata_cell
+    from altclip_adapters.collection.inputs import is_blank
+    from altclip_adapters.collection._metadata import metadata_cell
 
     where = f"{path}:{key}"
     problem = unsafe_name(key)
@@ -311,7 +311,7 @@ def _tar_sample(shard: Shard, path: str, key: str, files: dict[str, bytes], suff
     image = next((data for ext, data in files.items() if f".{ext}" in suffixes), None)
     caption = None
     if "txt" in files:
-        from .inputs import decode_text
+        from altclip_adapters.collection.inputs import decode_text
 
         data = files["txt"]
         if len(data) > MAX_TEXT_MEMBER_BYTES:
@@ -360,7 +360,7 @@ def read_tar(path: str) -> Shard:
     :attr:`Shard.error` names the shard and the last complete sample."""
     from webdataset.tariterators import base_plus_ext
 
-    from .images import image_suffixes
+    from altclip_adapters.model.images import image_suffixes
 
     shard = Shard([])
     key, files, oversized = None, {}, []
@@ -409,14 +409,14 @@ def read_parquet(path: str) -> Shard:
     """The samples of an img2dataset parquet file (see the module docstring), in row order: the image from
     the first of the columns :data:`PARQUET_IMAGE_COLUMNS` present, the caption from ``txt`` (else
     ``caption``), the key from ``key`` (else the row number); every other column is metadata, stored by
-    :mod:`altclip_adapters.metadata`'s rules (the file's own ``image_path`` and ``caption`` columns give way
+    :mod:`altclip_adapters.collection._metadata`'s rules (the file's own ``image_path`` and ``caption`` columns give way
     to the key and the caption). A row whose key is unsafe (:func:`unsafe_name`) is left out and named.
 
     Raises ValueError when the file has no image column (img2dataset's metadata-only parquet beside a tar).
     """
     import pyarrow.parquet as pq
 
-    from .inputs import decode_text
+    from altclip_adapters.collection.inputs import decode_text
 
     table = pq.read_table(path)
     names = table.column_names

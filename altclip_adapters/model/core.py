@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import loading
-from ..config import AltCLIPConfig
-from .text import TextTower
-from .vision import VisionTower
+from altclip_adapters.model._mapping import Mismatch
+
+from altclip_adapters.model.config import AltCLIPConfig
+from altclip_adapters.model._text import TextTower
+from altclip_adapters.model._vision import VisionTower
 
 
 @dataclass
@@ -26,6 +27,16 @@ class AltCLIPOutput:
     loss: torch.Tensor | None = None
     text_hidden_states: tuple[torch.Tensor, ...] | None = None
     vision_hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+def architecture_mismatch(found: dict[str, tuple[int, ...]], config: AltCLIPConfig) -> Mismatch:
+    """How tensor shapes ``found`` (a checkpoint's, in any key spelling :mod:`.hf` reads) differ from the AltCLIP of
+    ``config`` (``altclip convert --arch``'s check). Builds the model on the meta device: no memory, no weights."""
+    from altclip_adapters.model import hf
+
+    with torch.device("meta"):
+        state = AltCLIP(config).state_dict()
+    return hf.state_mismatch(found, state)
 
 
 def contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
@@ -59,15 +70,24 @@ class AltCLIP(nn.Module):
         """Load from a registry name (``"AltCLIP"``), a hub id (``"BAAI/AltCLIP"``) or a local folder.
 
         The checkpoint's tokenizer and preprocessing come along as ``model.processor``. The work is
-        ``bridges.hf.load_pretrained``'s (reached through :mod:`altclip_adapters.loading`; the core knows no files).
+        :func:`altclip_adapters.model.hf.load_pretrained`'s, given this class to build.
+
+        Raises:
+            FileNotFoundError: no such folder, name or cached hub id.
+            ValueError: a checkpoint whose tensors do not fit the architecture (every missing, unexpected and
+                mis-shaped tensor named).
         """
-        return loading.bridge().load_pretrained(name_or_path, device=device, dtype=dtype, revision=revision)
+        from altclip_adapters.model import hf  # below the core; imported here so that importing the core stays light
+
+        return hf.load_pretrained(cls, name_or_path, device=device, dtype=dtype, revision=revision)
 
     def save_pretrained(self, folder: str | Path) -> None:
         """Write a BAAI/AltCLIP-layout folder (config.json, model.safetensors, tokenizer and
         preprocessor files) that ``transformers.AltCLIPModel`` and ``AltCLIPProcessor`` load
-        (``bridges.hf.save_pretrained``)."""
-        loading.bridge().save_pretrained(self, folder)
+        (:func:`altclip_adapters.model.hf.save_pretrained`)."""
+        from altclip_adapters.model import hf
+
+        hf.save_pretrained(self, folder)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .images import DEFAULT_MAX_IMAGE_PIXELS, ImageInput, UnreadableImageError, is_one_image, load_image
+from altclip_adapters.model.images import DEFAULT_MAX_IMAGE_PIXELS, ImageInput, UnreadableImageError, is_one_image, load_image
 
 __all__ = [
     "DEFAULT_CONTEXT_LENGTH",
@@ -177,8 +177,8 @@ class AltCLIPProcessor:
         """Write the BAAI/AltCLIP tokenizer and preprocessing files: tokenizer.json, tokenizer_config.json,
         special_tokens_map.json, sentencepiece.bpe.model (for slow tokenizers and FlagAI) and
         preprocessor_config.json; ``AltCLIPProcessor`` and transformers load them."""
-        from .atomic import write_json
-        from .bridges.files import write_slow_tokenizer_files
+        from altclip_adapters.atomic import write_json
+        from altclip_adapters.model.files import write_slow_tokenizer_files
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """AltCLIP as an open_clip model: the model class, and conversions between open_clip and BAAI folders.
 
 open_clip builds :class:`AltCLIPOpenCLIP` through the registration in
-:mod:`altclip_adapters.adapters.open_clip_registration` (names, configs, tags, the dispatch), which
+:mod:`altclip_adapters.integrations._open_clip_registration` (names, configs, tags, the dispatch), which
 imports this module, and with it the core, on the first AltCLIP build. Everything else (``hf-hub:`` /
 ``local-dir:`` schemas, tags, precision, checkpoint loading, transforms, ``HFTokenizer``, ``save_for_hf``)
 is open_clip's own code.
@@ -20,13 +20,13 @@ from open_clip.tokenizer import HFTokenizer
 from open_clip.transform import PreprocessCfg
 from torch import nn
 
-from .. import registry
-from ..atomic import honour_umask
-from ..bridges.files import open_weights, resolve_checkpoint, write_slow_tokenizer_files
-from ..bridges.hf import import_hf_state, is_hf_layout, read_config, save_hf_checkpoint
-from ..config import AltCLIPConfig
-from ..core.model import AltCLIP
-from ..processor import DEFAULT_CONTEXT_LENGTH, AltCLIPProcessor, ImageTransform
+from altclip_adapters.model import registry
+from altclip_adapters.atomic import honour_umask
+from altclip_adapters.model.files import open_weights, resolve_checkpoint, write_slow_tokenizer_files
+from altclip_adapters.model.hf import import_hf_state, is_hf_layout, read_config, save_hf_checkpoint
+from altclip_adapters.model.config import AltCLIPConfig
+from altclip_adapters.model.core import AltCLIP
+from altclip_adapters.model.processor import DEFAULT_CONTEXT_LENGTH, AltCLIPProcessor, ImageTransform
 
 __all__ = ["AltCLIPOpenCLIP", "model_config", "save_for_open_clip", "save_hf"]
 

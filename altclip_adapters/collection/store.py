@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
-from .atomic import write_bytes, write_json, write_with
+from altclip_adapters.atomic import write_bytes, write_json, write_with
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -104,10 +104,10 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
 def _metadata_table(metadata: pa.Table | Sequence[dict]) -> pa.Table:
     """A pyarrow Table from a Table (as it is) or a list of dicts (columns: the union of the dicts' keys, in
     first-seen order, a key missing from a row null there; each column typed by its name alone, so that every
-    shard of a folder agrees whatever its values: :mod:`altclip_adapters.metadata`)."""
+    shard of a folder agrees whatever its values: :mod:`altclip_adapters.collection._metadata`)."""
     import pyarrow as pa
 
-    from .metadata import INTEGER_COLUMNS, metadata_cell
+    from altclip_adapters.collection._metadata import INTEGER_COLUMNS, metadata_cell
 
     if isinstance(metadata, pa.Table):
         return metadata
@@ -361,7 +361,7 @@ def read_embeddings(folder: str | Path, modality: str = "image") -> tuple[np.nda
     return out, read_metadata(folder, modality)
 
 
-# changing a folder shard by shard (altclip_adapters.bulk's incremental runs) ------------------------------
+# changing a folder shard by shard (altclip_adapters.collection.worker's incremental runs) ------------------------------
 def _shard_paths(folder: Path, shard_id: int) -> dict[str, Path]:
     """The files shard ``shard_id`` may have: one per modality, then ``metadata`` (whether or not they exist)."""
     name = shard_name(shard_id)

@@ -1,4 +1,4 @@
-"""How an :class:`~altclip_adapters.pipeline.Embedder` runs the two towers: a strategy, not a second pipeline.
+"""How an :class:`~altclip_adapters.inference.embedder.Embedder` runs the two towers: a strategy, not a second pipeline.
 
 - ``"torch"``: the core model itself (any device, any dtype, int8, ``torch.compile``).
 - ``"openvino"`` (extra ``openvino``, CPU only): both towers converted once from the core model with
@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import nn
 
-from .atomic import atomic_path, write_json
+from altclip_adapters.atomic import atomic_path, write_json
 
 if TYPE_CHECKING:
-    from .core.model import AltCLIP
+    from altclip_adapters.model.core import AltCLIP
 
 Runtime = Literal["auto", "torch", "openvino"]
 RUNTIMES: tuple[str, ...] = ("auto", "torch", "openvino")

@@ -10,7 +10,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import VisionConfig
+from altclip_adapters.model.config import VisionConfig
 
 
 class VisionTower(nn.Module):

@@ -1,4 +1,4 @@
-"""FAISS indexes over an embedding folder (the layout of :mod:`altclip_adapters.store`), and search.
+"""FAISS indexes over an embedding folder (the layout of :mod:`altclip_adapters.collection.store`), and search.
 
 ``build_index(DIR)`` writes ``DIR/image.index`` and ``DIR/text.index`` (with ``DIR/image.json`` /
 ``DIR/text.json`` describing each), the names and place clip-retrieval uses (``clip_retrieval/clip_index.py``).
@@ -53,17 +53,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .atomic import atomic_path, write_json
-from .store import (
-    EMBEDDING_DIRS,
-    MODALITIES,
-    ShardFiles,
-    _stat_token,
-    check_modality,
-    folder_modalities,
-    read_manifest,
-    shards,
-)
+from altclip_adapters.atomic import atomic_path, write_json
+from altclip_adapters.collection.store import EMBEDDING_DIRS, MODALITIES, ShardFiles, _stat_token, check_modality, folder_modalities, read_manifest, shards
 
 if TYPE_CHECKING:
     import faiss
@@ -691,7 +682,7 @@ class EmbeddingIndex:
     Attributes: ``folder``, ``model`` (what to embed queries with, from ``altclip.json``), ``dim``,
     ``modalities``. Indexes load on first use of a modality: an index that is behind the folder, built from
     other embeddings, or unreadable is reported once through ``on_warning`` (default: the
-    ``altclip_adapters.index`` logger), one line naming ``altclip index DIR``, and never answers for rows it
+    ``altclip_adapters.collection.index`` logger), one line naming ``altclip index DIR``, and never answers for rows it
     does not hold. Metadata is read per hit from the shard's parquet. ``search``, ``metadata`` and
     ``column`` may be called from several threads; :meth:`is_current` says whether the folder changed since.
     """

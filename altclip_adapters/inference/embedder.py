@@ -9,7 +9,7 @@ bf16 by default; ``compile=True`` (or a ``torch.compile`` mode such as ``"reduce
 which records CUDA graphs) compiles the towers, image batches keeping one fixed shape; on a CPU
 ``int8=True`` stores the weights in int8: with OpenVINO, NNCF weight compression (cosine to fp32 >= 0.9997 at
 BAAI/AltCLIP's widths); with torch, a dynamically quantised int8 Linear (not recommended: text cosine 0.945).
-``runtime`` picks what runs the towers (:mod:`altclip_adapters.runtimes`): on a CPU with bf16 the default is
+``runtime`` picks what runs the towers (:mod:`altclip_adapters.inference.runtimes`): on a CPU with bf16 the default is
 OpenVINO when the extra is installed, each tower at bf16 where this checkpoint keeps its fidelity there.
 """
 
@@ -27,13 +27,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .images import DEFAULT_MAX_IMAGE_PIXELS, check_max_image_pixels, jpeg_orientation, orient
-from .inputs import find_images  # noqa: F401  (public here too: README imports it from this module)
-from .processor import ImageInput, ImageTransform, as_list
-from .runtimes import OpenVINOTowers, resolve_runtime
+from altclip_adapters.model.images import DEFAULT_MAX_IMAGE_PIXELS, check_max_image_pixels, jpeg_orientation, orient
+from altclip_adapters.model.processor import ImageInput, ImageTransform, as_list
+from altclip_adapters.inference.runtimes import OpenVINOTowers, resolve_runtime
 
 if TYPE_CHECKING:  # the core imports transformers and timm (seconds): loaded with the model, not with this module
-    from .core.model import AltCLIP
+    from altclip_adapters.model.core import AltCLIP
 
 JPEG_SUFFIXES = {".jpg", ".jpeg"}
 
@@ -155,10 +154,10 @@ def quantize_int8(model: AltCLIP) -> AltCLIP:
 class Embedder:
     """An AltCLIP model prepared (in place: activations fused, cast or quantised) for bulk
     embedding; returns float32 CPU tensors, L2-normalised by default. Images are read by
-    :func:`altclip_adapters.images.load_image`'s rules; an encoded image over ``max_image_pixels``
+    :func:`altclip_adapters.model.images.load_image`'s rules; an encoded image over ``max_image_pixels``
     (None: no limit) is unreadable. Texts are truncated at ``context_length`` tokens (default: the
     processor's, 77). ``runtime``: ``"torch"``, ``"openvino"`` or ``"auto"`` (None: ``$ALTCLIP_RUNTIME``, else
-    auto; see :mod:`altclip_adapters.runtimes`); ``self.runtime`` says which runs, ``self.precision`` at which
+    auto; see :mod:`altclip_adapters.inference.runtimes`); ``self.runtime`` says which runs, ``self.precision`` at which
     precision, ``self.fidelity`` the least cosine to f32 OpenVINO measured for it per tower (empty on torch).
     Calls from several threads are safe: one forward pass runs at a time.
 
@@ -224,7 +223,7 @@ class Embedder:
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, **kwargs) -> Embedder:
         """Load a registry name, hub id or local folder (see :meth:`AltCLIP.from_pretrained`) and prepare it."""
-        from .core.model import AltCLIP
+        from altclip_adapters.model.core import AltCLIP
 
         return cls(AltCLIP.from_pretrained(name_or_path), **kwargs)
 

@@ -4,7 +4,7 @@
   pattern: ``__init__`` loads the model once per actor, ``__call__`` maps a batch dict to a batch dict).
   Image columns may hold encoded bytes (``read_binary_files``, ``read_parquet``, ``read_webdataset(...,
   decoder=None)``), file paths, or uint8 arrays (``read_images``); text columns strings (or UTF-8 bytes).
-  Every image goes through the package's one image loader (via :class:`~altclip_adapters.pipeline.Embedder`).
+  Every image goes through the package's one image loader (via :class:`~altclip_adapters.inference.embedder.Embedder`).
   ``read_images`` decodes by itself (a palette PNG as its indices, a 16-bit PNG as uint16, no EXIF
   orientation): with ``include_paths=True``, a row's array is replaced by its file (``path`` column) read
   by the loader, when that file exists here and has the array's size; any other array is used only when it
@@ -13,7 +13,7 @@
   (an empty string for the rows embedded: a string column in every block, which Arrow keeps as it is).
 - :func:`add_embeddings` is the one call: ``add_embeddings(ds, model="AltCLIP")`` returns ``ds`` with an
   ``embedding`` column (float32 ``[dim]`` per row, L2-normalised) and an ``error`` column ("" when fine).
-- :func:`run` runs a bulk job (:mod:`altclip_adapters.bulk`, what ``altclip embed --ray`` does): one Ray
+- :func:`run` runs a bulk job (:mod:`altclip_adapters.collection.worker`, what ``altclip embed --ray`` does): one Ray
   Data task per input shard on an actor pool, each actor embedding whole shards and writing their output
   shards itself.
 
@@ -23,7 +23,7 @@ actor whose process dies is restarted and its unfinished task rerun; shard write
 shard is written once. Resources: a GPU actor (``num_gpus=1``) also reserves a CPU; on a node, leave CPUs
 free for the read tasks that feed the actors, or the job waits for them forever.
 
-``import altclip_adapters.ray`` imports nothing heavy; Ray is imported by the functions that use it.
+``import altclip_adapters.collection.ray`` imports nothing heavy; Ray is imported by the functions that use it.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .bulk import ShardEmbedder, ShardReport
-from .shards import ShardSource
-from .store import check_modality
+from altclip_adapters.collection.worker import ShardEmbedder, ShardReport
+from altclip_adapters.collection.shards import ShardSource
+from altclip_adapters.collection.store import check_modality
 
 if TYPE_CHECKING:
     import numpy as np
@@ -49,16 +49,16 @@ def _import_ray():
         import ray
         import ray.data
     except ImportError as e:
-        raise ImportError("altclip_adapters.ray needs Ray Data: pip install 'altclip-adapters[ray]'") from e
+        raise ImportError("altclip_adapters.collection.ray needs Ray Data: pip install 'altclip-adapters[ray]'") from e
     return ray
 
 
 def _embedder(model: str, device: str | None, num_threads: int | None, kwargs: dict[str, Any]):
-    """An :class:`~altclip_adapters.pipeline.Embedder` for an actor: ``num_threads`` torch threads (the
+    """An :class:`~altclip_adapters.inference.embedder.Embedder` for an actor: ``num_threads`` torch threads (the
     CPUs Ray reserved), the device Ray gave it."""
     import torch
 
-    from .pipeline import Embedder
+    from altclip_adapters.inference.embedder import Embedder
 
     if num_threads:
         torch.set_num_threads(max(1, int(num_threads)))  # a fractional CPU still runs one thread
@@ -78,7 +78,7 @@ class AltCLIPEmbedder:
             the rows embedded).
         device: ``"cuda"`` or ``"cpu"`` (default: cuda when the actor sees a GPU).
         num_threads: torch CPU threads (default: torch's own choice).
-        **embedder_kwargs: passed to :class:`~altclip_adapters.pipeline.Embedder` (``dtype``,
+        **embedder_kwargs: passed to :class:`~altclip_adapters.inference.embedder.Embedder` (``dtype``,
             ``batch_size``, ``int8``, ``compile``, ``num_workers``...); on a GPU, bf16 by default.
 
     ``__call__(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]`` returns the batch with the two
@@ -144,7 +144,7 @@ def _file_of(value: Any, path: Any) -> Any:
     that the loader reads it by its own rules; else ``value``."""
     import numpy as np
 
-    from .images import header_size
+    from altclip_adapters.model.images import header_size
 
     if not isinstance(value, np.ndarray) or value.ndim not in (2, 3) or not isinstance(path, str):
         return value
@@ -212,7 +212,7 @@ def resources(num_gpus: float, num_cpus: float | None) -> tuple[dict[str, float]
 
 
 class _ShardActor:
-    """The Ray actor of :func:`run`: a :class:`~altclip_adapters.bulk.ShardEmbedder` per actor; one input
+    """The Ray actor of :func:`run`: a :class:`~altclip_adapters.collection.worker.ShardEmbedder` per actor; one input
     shard per row in (``shard_id``, ``kind``, ``path``, ``items``, ``keys``, ``tokens``), one JSON report per
     row out."""
 
@@ -261,7 +261,7 @@ def run(
     be reachable at the same path from every node (a shared file system). ``model`` is what the actors load
     and what the folder records (a registry name, hub id or absolute folder). Returns one report per shard
     (also given to ``on_report`` as each arrives, in completion order). The shards' records and saved
-    batches are those of an in-process run (:mod:`altclip_adapters.bulk`), so either kind of run resumes
+    batches are those of an in-process run (:mod:`altclip_adapters.collection.worker`), so either kind of run resumes
     and updates the other's folder.
     """
     ray = _import_ray()

@@ -4,7 +4,7 @@
 
 - ``text.onnx`` + ``image.onnx`` (weights over 1.5 GB go to ``text.onnx.data`` beside it, ONNX's external data),
   or ``text.xml/.bin`` + ``image.xml/.bin``: float32 weights (OpenVINO: int8 with ``int8=True``), the towers
-  of :mod:`altclip_adapters.runtimes`
+  of :mod:`altclip_adapters.inference.runtimes`
   (``TextTower``: ``input_ids``, ``attention_mask`` int64 [batch, sequence] -> ``text_embeds`` float32
   [batch, projection_dim]; ``ImageTower``: ``pixel_values`` float32 [batch, 3, S, S] -> ``image_embeds``),
   batch and sequence dynamic, embeddings unnormalised (``AltCLIPModel.get_*_features``);
@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Literal
 import torch
 import torch.nn.functional as F
 
-from .atomic import atomic_path, write_json
-from .runtimes import ImageTower, TextTower, example_inputs, import_openvino, openvino_core, save_model
+from altclip_adapters.atomic import atomic_path, write_json
+from altclip_adapters.inference.runtimes import ImageTower, TextTower, example_inputs, import_openvino, openvino_core, save_model
 
 if TYPE_CHECKING:
-    from .core.model import AltCLIP
+    from altclip_adapters.model.core import AltCLIP
 
 Format = Literal["onnx", "openvino"]
 FORMATS: tuple[str, ...] = ("onnx", "openvino")
@@ -111,7 +111,7 @@ def export(model: AltCLIP, out: str | Path, to: Format, *, int8: bool = False) -
             for name, (tower, example, output) in towers.items():
                 _onnx(tower, example, output, out / f"text{suffix}".replace("text", name))
         else:
-            from .runtimes import compress_int8, convert
+            from altclip_adapters.inference.runtimes import compress_int8, convert
 
             text, image = convert(model)
             if int8:

@@ -1,21 +1,21 @@
-"""A bulk embedding run into an embedding folder (clip-retrieval's layout, :mod:`altclip_adapters.store`),
+"""A bulk embedding run into an embedding folder (clip-retrieval's layout, :mod:`altclip_adapters.collection.store`),
 shard by shard, incremental: a rerun over changed inputs embeds only what is new or changed.
 
 As in clip-retrieval's inference (reader -> mapper -> writer, with a distributor that only decides where
 a worker runs), :class:`ShardEmbedder` reads one input shard, embeds it and writes its output shard; the
-same worker runs in this process (:func:`run`) or in Ray actors (:func:`altclip_adapters.ray.run`).
+same worker runs in this process (:func:`run`) or in Ray actors (:func:`altclip_adapters.collection.ray.run`).
 
 The run's state lives beside the shards, in ``DIR/altclip_run/`` (no reader of the layout looks there):
 
 - ``shards/NNNNNN.json``: the record of output shard N, written (atomically) right after its files: the
-  identity of each input item it came from (:class:`altclip_adapters.shards.Inputs`: a file's absolute path
+  identity of each input item it came from (:class:`altclip_adapters.collection.shards.Inputs`: a file's absolute path
   with its size and modification time, or a text line), which item each row came from, whether the input
   was read whole, and the shard's :class:`ShardReport` (per-stage timings included).
 - ``partial/NNNNNN.npz``: the finished batches of a shard not yet written, saved on Ctrl-C, SIGTERM and
   every :data:`SAVE_ITEMS` items or :data:`SAVE_SECONDS` seconds; the next run reuses them bit for bit.
 
 :func:`update` compares the records with the inputs of a new run: items unchanged stay where they are;
-shards holding removed or changed items are rewritten without those rows (:func:`altclip_adapters.store.keep_rows`:
+shards holding removed or changed items are rewritten without those rows (:func:`altclip_adapters.collection.store.keep_rows`:
 nothing is re-embedded) or deleted when nothing of them is left; new and changed items go to new shards.
 A shard whose files disagree with its record is redone under its own number; one that has no record (a run
 stopped between writing its files and its record) or whose record cannot be read is deleted and its items
@@ -36,14 +36,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .atomic import write_json, write_with
-from .shards import Inputs, ShardSource
-from .store import Modality, check_modality, shard_name
+from altclip_adapters.atomic import write_json, write_with
+from altclip_adapters.collection.shards import Inputs, ShardSource
+from altclip_adapters.collection.store import Modality, check_modality, shard_name
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from .pipeline import Embedder
+    from altclip_adapters.inference.embedder import Embedder
 
 MODALITY_CHOICES = ("image", "text", "both")
 RUN_DIR = "altclip_run"
@@ -170,7 +170,7 @@ class Update:
 
 def _check_files(folder: Path, shard_id: int, record: dict[str, Any]) -> bool:
     """Whether shard ``shard_id``'s files hold the rows its record says (file headers only)."""
-    from .store import shard_rows
+    from altclip_adapters.collection.store import shard_rows
 
     try:
         rows = shard_rows(folder, shard_id)
@@ -187,7 +187,7 @@ def update(folder: str | Path, inputs: Inputs, *, shard_size: int) -> Update:
     Raises ValueError when the folder holds shards without any run record (written by another tool or an
     older altclip-adapters) or embeddings of another kind of input (e.g. text lines, now images).
     """
-    from .store import shard_ids
+    from altclip_adapters.collection.store import shard_ids
 
     folder = Path(folder)
     on_disk = shard_ids(folder)
@@ -297,7 +297,7 @@ def apply(folder: str | Path, plan: Update) -> None:
     """Delete, rewrite and merge the shards ``plan`` says (files first, then the record; a merged shard is
     recorded before its sources are deleted: a run stopped in between leaves rows twice, and the next
     :func:`update` drops the later copy), and forget saved batches of shards the plan does not embed."""
-    from .store import delete_shard, keep_rows, merge_shards
+    from altclip_adapters.collection.store import delete_shard, keep_rows, merge_shards
 
     folder = Path(folder)
     for shard_id in plan.drop:
@@ -396,7 +396,7 @@ class ShardEmbedder:
     """Reads, embeds and writes whole shards: ``worker(source) -> ShardReport``.
 
     ``embedder`` makes the embeddings; ``folder`` is the embedding folder, written through
-    :class:`altclip_adapters.store.EmbeddingWriter` with ``model`` (what the folder records: a registry
+    :class:`altclip_adapters.collection.store.EmbeddingWriter` with ``model`` (what the folder records: a registry
     name, hub id or absolute folder) and ``dtype`` (``float16`` or ``float32``). ``modalities`` is
     ``("image",)``, ``("text",)`` or ``("image", "text")``: with both, the caption embeddings come from the
     same read of the shard, and a sample whose image is unreadable or that has no caption is left out
@@ -419,7 +419,7 @@ class ShardEmbedder:
         dtype: str = "float16",
         progress: Callable[[int], None] | None = None,
     ):
-        from .store import EmbeddingWriter
+        from altclip_adapters.collection.store import EmbeddingWriter
 
         if not modalities:
             raise ValueError("modalities must be image, text or both; got none")

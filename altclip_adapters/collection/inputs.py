@@ -14,11 +14,11 @@ from pathlib import Path
 def find_images(paths: Sequence[str | Path]) -> list[Path]:
     """Image files among ``paths``, folders searched recursively (sorted); a file given by name is taken
     whatever its suffix. In folders, a file is an image when its suffix (any case: ``.JPG``, ``.HEIC``) is
-    one the loader reads (:func:`altclip_adapters.images.image_suffixes`: every format Pillow decodes, plus
+    one the loader reads (:func:`altclip_adapters.model.images.image_suffixes`: every format Pillow decodes, plus
     HEIF, which the loader reports as needing ``altclip-adapters[heif]`` when pillow-heif is missing, so that
     no photo is left out unseen). Raises FileNotFoundError for a path that does not exist and ValueError
     when no image is found."""
-    from .images import image_suffixes
+    from altclip_adapters.model.images import image_suffixes
 
     suffixes = image_suffixes()
     found: list[Path] = []

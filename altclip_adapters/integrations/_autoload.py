@@ -28,7 +28,7 @@ def _register() -> None:
         return
     _registering = True
     try:
-        from altclip_adapters.adapters.open_clip_registration import register
+        from altclip_adapters.integrations._open_clip_registration import register
 
         register()
     except Exception as error:
@@ -47,7 +47,7 @@ def _register() -> None:
 def _altclip_names() -> set:
     """AltCLIP's open_clip model names (empty if the registry itself cannot be read)."""
     try:
-        from altclip_adapters import registry
+        from altclip_adapters.model import registry
 
         return set(registry.names())
     except Exception:

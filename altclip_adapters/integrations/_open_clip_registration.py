@@ -3,7 +3,7 @@
 open_clip has no plugin hook, but ``open_clip.factory.create_model`` looks up the name
 ``CustomTextCLIP`` in its module at call time and passes every model-config key to it as a keyword.
 :func:`register` puts a dispatching subclass under that name: a config carrying the ``"altclip"``
-key builds :class:`altclip_adapters.adapters.open_clip.AltCLIPOpenCLIP`, every other config builds
+key builds :class:`altclip_adapters.integrations.open_clip.AltCLIPOpenCLIP`, every other config builds
 open_clip's own class, as before.
 
 Importing this module imports the registry cards and the config dataclasses, not open_clip (the hook
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from packaging.specifiers import SpecifierSet
 
-from .. import registry
-from ..config import OPEN_CLIP_KEY
+from altclip_adapters.model import registry
+from altclip_adapters.model.config import OPEN_CLIP_KEY
 
 MARKER = OPEN_CLIP_KEY  # the model-config key that selects AltCLIP; its value is an AltCLIPConfig dict
 PRETRAINED_TAG = "baai"
@@ -31,7 +31,7 @@ SUPPORTED_OPEN_CLIP = SpecifierSet(">=3.3,<4")
 def _model_class() -> type:
     """The open_clip model class, imported with the core on the first AltCLIP build."""
     try:
-        from .open_clip import AltCLIPOpenCLIP
+        from altclip_adapters.integrations.open_clip import AltCLIPOpenCLIP
     except Exception as error:
         raise ImportError(
             f"open_clip cannot build AltCLIP: importing altclip_adapters' model failed "

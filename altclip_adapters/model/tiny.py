@@ -12,7 +12,7 @@ from typing import Literal
 
 import torch
 
-from .atomic import atomic_path, write_bytes, write_json, write_with
+from altclip_adapters.atomic import atomic_path, write_bytes, write_json, write_with
 
 # What every entry point running on a random checkpoint prints first (the demo's offline fallback, examples' --tiny)
 RANDOM_WEIGHTS_BANNER = "RANDOM WEIGHTS: a random tiny checkpoint built offline; every score below is meaningless"

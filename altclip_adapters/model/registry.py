@@ -13,7 +13,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .config import AltCLIPConfig
+from altclip_adapters.model.config import AltCLIPConfig
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from transformers import XLMRobertaConfig, XLMRobertaModel
 
-from ..config import TextConfig
+from altclip_adapters.model.config import TextConfig
 
 
 def xlmr_config(config: TextConfig) -> XLMRobertaConfig:

@@ -21,12 +21,12 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modality import is_image_url_or_path, is_message_dict
 from sentence_transformers.base.modules import InputModule, Normalize, Transformer
 
-from . import __version__
-from .atomic import atomic_write, honour_umask, write_bytes
-from .bridges.files import SENTENCEPIECE_MODEL
-from .bridges.hf import quiet_transformers
-from .core import AltCLIP
-from .processor import DEFAULT_CONTEXT_LENGTH, AltCLIPProcessor, UnreadableImageError
+from altclip_adapters import __version__
+from altclip_adapters.atomic import atomic_write, honour_umask, write_bytes
+from altclip_adapters.model.files import SENTENCEPIECE_MODEL
+from altclip_adapters.model.hf import quiet_transformers
+from altclip_adapters.model.core import AltCLIP
+from altclip_adapters.model.processor import DEFAULT_CONTEXT_LENGTH, AltCLIPProcessor, UnreadableImageError
 
 MODALITIES = ["text", "image"]
 # sentence-transformers' own Transformer module on a transformers AltCLIPModel: the same projections.
@@ -40,7 +40,7 @@ BAAI_EXTRA_FILES = [SENTENCEPIECE_MODEL, "special_tokens_map.json", "preprocesso
 REQUIREMENTS = {
     "altclip-adapters": {
         "specifier": f">={__version__}",
-        "reason": "The input module altclip_adapters.sentence_transformers.AltCLIPModule comes from this package.",
+        "reason": "The input module altclip_adapters.integrations.sentence_transformers.AltCLIPModule comes from this package.",
     }
 }
 
@@ -116,7 +116,7 @@ class AltCLIPModule(InputModule):
 
     def _pixels(self, image: Any) -> torch.Tensor:
         """Pixel values of one image (path, URL, ``data:`` URI, PIL image, array...) by
-        :func:`altclip_adapters.images.load_image`'s rules; errors name the input (batches are reordered)."""
+        :func:`altclip_adapters.model.images.load_image`'s rules; errors name the input (batches are reordered)."""
         try:
             return self.processor.image_transform(image)
         except (UnreadableImageError, FileNotFoundError):

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 
 from safetensors import SafetensorError, safe_open
 
-from .. import registry
-from ..atomic import write_bytes, write_json
+from altclip_adapters.model import registry
+from altclip_adapters.atomic import write_bytes, write_json
 
 if TYPE_CHECKING:
     import torch

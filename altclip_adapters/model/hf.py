@@ -1,6 +1,8 @@
 """Bridge between the Hugging Face AltCLIP layout (transformers / BAAI checkpoints) and the core.
 
-The table below is the whole mapping; ``mapping.py`` applies it in both directions.
+The table below is the whole mapping; ``_mapping.py`` applies it in both directions. This module sits below
+``core.py``: it never imports the model class; ``AltCLIP.from_pretrained`` passes itself in (transformers'
+``PreTrainedModel.from_pretrained`` shape: the loader is given the class to build).
 """
 
 from __future__ import annotations
@@ -10,16 +12,19 @@ import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import save_file
 
-from ..atomic import atomic_path, write_json
-from ..config import AltCLIPConfig
-from ..core.model import AltCLIP
-from ..processor import AltCLIPProcessor
-from .files import Weights, open_weights, resolve_checkpoint
-from .mapping import Mismatch, Rule, compare, export_state_dict, foreign_shapes, import_state_dict, rule
+from altclip_adapters.atomic import atomic_path, write_json
+from altclip_adapters.model.config import AltCLIPConfig
+from altclip_adapters.model.processor import AltCLIPProcessor
+from altclip_adapters.model.files import Weights, open_weights, resolve_checkpoint
+from altclip_adapters.model._mapping import Mismatch, Rule, compare, export_state_dict, foreign_shapes, import_state_dict, rule
+
+if TYPE_CHECKING:
+    from altclip_adapters.model.core import AltCLIP
 
 V = "vision_model.encoder.layers.{n}"
 HF_TABLE: list[Rule] = [
@@ -105,13 +110,17 @@ def _open_folder(folder: Path) -> tuple[AltCLIPConfig, Weights]:
 
 
 def load_hf_checkpoint(
-    folder: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    model_class: type[AltCLIP],
+    folder: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
 ) -> AltCLIP:
-    """Build the core from a folder in the BAAI/transformers layout (config.json + weights), strictly: ValueError
+    """A ``model_class`` from a folder in the BAAI/transformers layout (config.json + weights), strictly: ValueError
     lists every missing, unexpected and mis-shaped tensor before any is read."""
     config, weights = _open_folder(Path(folder))
     with torch.device("meta"):
-        model = AltCLIP(config)
+        model = model_class(config)
     dtype = dtype or torch.float32
     keys = hf_keys(weights.keys())
     shapes = weights.shapes()
@@ -137,12 +146,9 @@ def import_hf_state(
     return import_state_dict(HF_TABLE, expected, lambda key: state[keys[key]], found, source=source)
 
 
-def architecture_mismatch(found: dict[str, tuple[int, ...]], config: AltCLIPConfig) -> Mismatch:
+def state_mismatch(found: dict[str, tuple[int, ...]], state: dict[str, torch.Tensor]) -> Mismatch:
     """How tensor shapes ``found`` (BAAI/transformers keys, or the core's / open_clip's own keys; open_clip's
-    optional SigLIP ``logit_bias`` aside) differ from the AltCLIP of ``config``. Builds the model on the meta
-    device: no memory, no weights."""
-    with torch.device("meta"):
-        state = AltCLIP(config).state_dict()
+    optional SigLIP ``logit_bias`` aside) differ from the core state dict ``state`` (meta tensors will do)."""
     if is_hf_layout(found):
         found = {key: found[name] for key, name in hf_keys(found).items()}
         return compare(foreign_shapes(HF_TABLE, state), found)
@@ -160,6 +166,7 @@ def save_hf_checkpoint(model: AltCLIP, folder: str | Path) -> None:
 
 
 def load_pretrained(
+    model_class: type[AltCLIP],
     name_or_path: str | Path,
     *,
     device: str | torch.device | None = None,
@@ -168,7 +175,7 @@ def load_pretrained(
 ) -> AltCLIP:
     """``AltCLIP.from_pretrained``: a registry name, hub id or local folder, with its processor attached."""
     folder = resolve_checkpoint(name_or_path, revision=revision)
-    model = load_hf_checkpoint(folder, device=device, dtype=dtype)
+    model = load_hf_checkpoint(model_class, folder, device=device, dtype=dtype)
     model.processor = AltCLIPProcessor.from_pretrained(folder)
     return model
 

@@ -1,1 +1,0 @@
-"""Ecosystem adapters; each submodule imports its own ecosystem, this package imports none."""

@@ -1,1 +1,0 @@
-"""Weight bridges between foreign checkpoint layouts and the core."""
