@@ -139,11 +139,12 @@ def test_a_missing_dependency_of_the_core_fails_the_build_not_the_import(missing
 
 
 def test_a_broken_hook_at_interpreter_start_is_one_warning(tmp_path):
-    """The .pth finds an ``altclip_adapters`` whose ``_autoload.py`` raises: the interpreter starts, warns once."""
+    """The .pth finds an ``altclip_adapters`` whose ``integrations/_autoload.py`` raises: the interpreter starts, warns
+    once."""
     package = tmp_path / "altclip_adapters"
-    package.mkdir()
+    (package / "integrations").mkdir(parents=True)
     (package / "__init__.py").write_text("")
-    (package / "_autoload.py").write_text("raise RuntimeError('broken on purpose')\n")
+    (package / "integrations" / "_autoload.py").write_text("raise RuntimeError('broken on purpose')\n")
     result = python("import open_clip; print(open_clip.__version__)", PYTHONPATH=str(tmp_path))
     assert result.returncode == 0 and result.stdout.strip(), result.stderr[-3000:]
     warnings = ours(result.stderr)

@@ -9,7 +9,8 @@ from conftest import write_images
 from transformers import AltCLIPModel, AltCLIPProcessor, CLIPImageProcessor
 
 from altclip_adapters import AltCLIP
-from altclip_adapters.inference.embedder import Embedder, find_images, fuse_quick_gelu
+from altclip_adapters.collection.inputs import find_images
+from altclip_adapters.inference.embedder import Embedder, fuse_quick_gelu
 
 ATOL = 1e-5
 TEXTS = ["a photo of a cat", "一只狗的照片", "猫の写真", "ein Foto von einem Hund", "x", "une photo d'un chat rouge sur une table"]

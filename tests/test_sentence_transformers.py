@@ -192,6 +192,38 @@ def test_load_accepts_a_saved_folder(saved_dir, native_dir, model, texts, tmp_pa
         load(foreign)
 
 
+SAVED_BY_0_1_0 = Path(__file__).parent / "data" / "st_folder_0.1.0"  # modules.json: altclip_adapters.sentence_transformers
+
+
+def test_a_folder_saved_by_0_1_0_still_loads(reference):
+    """A folder saved before the layers became folders names the module's old path; it loads through our load and
+    through a bare SentenceTransformer, and gives the embeddings 0.1.0 computed and transformers computes."""
+    assert json.loads((SAVED_BY_0_1_0 / "modules.json").read_text())[0]["type"] == (
+        "altclip_adapters.sentence_transformers.AltCLIPModule")
+    before = np.load(SAVED_BY_0_1_0.with_name("st_folder_0.1.0_texts.npy"))
+    texts = ["a cat", "一只猫"]
+    oracle = AltCLIPModel.from_pretrained(SAVED_BY_0_1_0).eval()
+    processor = HFProcessor.from_pretrained(SAVED_BY_0_1_0)
+    with torch.no_grad():
+        batch = processor.tokenizer(texts, padding=True, return_tensors="pt")
+        output = oracle.get_text_features(**batch)
+        expected = F.normalize(getattr(output, "pooler_output", output), dim=-1).numpy()
+    for model in (load(SAVED_BY_0_1_0, device="cpu"), SentenceTransformer(str(SAVED_BY_0_1_0), trust_remote_code=True)):
+        assert isinstance(model[0], AltCLIPModule)
+        np.testing.assert_allclose(model.encode(texts), before, atol=ATOL)
+        np.testing.assert_allclose(model.encode(texts), expected, atol=ATOL)
+
+
+@pytest.mark.parametrize("source", ["checkpoint", "saved"])
+def test_sentence_transformer_keywords_pass_through_and_win(source, tiny_dir, saved_dir):
+    """Every ``SentenceTransformer`` keyword reaches it, and wins over load's defaults (cosine similarity, trusting
+    this package's module class), as sentence-transformers users expect (MTEB passes ``similarity_fn_name``)."""
+    folder = tiny_dir if source == "checkpoint" else saved_dir
+    model = load(folder, device="cpu", similarity_fn_name="dot", prompts={"query": "query: "})
+    assert model.similarity_fn_name == "dot" and model.prompts["query"] == "query: "
+    assert load(folder, device="cpu", trust_remote_code=True).similarity_fn_name == "cosine"
+
+
 def test_export_native_config(native_dir, tiny_dir, texts):
     config = json.loads((native_dir / "sentence_bert_config.json").read_text())
     assert config["modality_config"]["image"]["method"] == "get_image_features"

@@ -296,6 +296,22 @@ def test_bad_embedding_requests(server, body, status, words, param):
     assert_serving(server)
 
 
+@pytest.mark.parametrize("nulls", [{"encoding_format": None}, {"dimensions": None}, {"user": None}, {"modality": None},
+                                   {"encoding_format": None, "dimensions": None, "user": None}])
+def test_optional_fields_sent_as_null_take_their_defaults(server, nulls):
+    """Gateways (LiteLLM's body) send optional fields as null; OpenAI treats null as absent, and so do we."""
+    plain = httpx.post(server.url + "/v1/embeddings", json={"model": MODEL, "input": ["a cat", "一只猫"]})
+    nulled = httpx.post(server.url + "/v1/embeddings", json={"model": MODEL, "input": ["a cat", "一只猫"], **nulls})
+    assert nulled.status_code == 200, nulled.text
+    assert nulled.json() == plain.json()
+
+
+@pytest.mark.parametrize("field", ["model", "input"])
+def test_a_required_field_sent_as_null_is_missing(server, field):
+    body = {"model": MODEL, "input": "a cat", field: None}
+    assert_error(httpx.post(server.url + "/v1/embeddings", json=body), 400, field, param=field)
+
+
 def test_the_openai_client_raises_the_message(client):
     import openai
 

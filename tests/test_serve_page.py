@@ -109,6 +109,39 @@ def test_search_page(server, browser, scene_collection, tmp_path):
         shutil.copy(tmp_path / "serve-page-text.png", Path(__file__).parents[1] / "docs" / "serve-page.png")
 
 
+def test_a_search_opens_from_its_url_and_stays_in_it(server, browser):
+    """``?q=`` opens the page on that search (bookmarks, shared links, screenshots); searching puts the query in the
+    address; Back brings the previous search back."""
+    from urllib.parse import parse_qs, quote, urlsplit
+
+    page = browser.new_page(viewport={"width": 1100, "height": 720})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server.url + "/")
+    page.fill("#k", str(K))
+    page.fill("#query", "一只红色的猫在沙发上")
+    page.press("#query", "Enter")
+    typed = shown(page)
+    assert parse_qs(urlsplit(page.url).query) == {"q": ["一只红色的猫在沙发上"], "k": [str(K)]}
+
+    opened = browser.new_page(viewport={"width": 1100, "height": 720})
+    opened.on("pageerror", lambda e: errors.append(str(e)))
+    opened.goto(server.url + f"/?q={quote('一只红色的猫在沙发上')}&k={K}")
+    assert shown(opened) == typed
+    assert opened.input_value("#query") == "一只红色的猫在沙发上" and opened.input_value("#k") == str(K)
+
+    opened.fill("#query", "a blue car")
+    opened.press("#query", "Enter")
+    opened.wait_for_selector("#status:has-text('results for “a blue car”')")
+    assert parse_qs(urlsplit(opened.url).query)["q"] == ["a blue car"]
+    opened.go_back()
+    opened.wait_for_selector("#status:has-text('results for “一只红色的猫在沙发上”')")
+    assert opened.input_value("#query") == "一只红色的猫在沙发上" and shown(opened) == typed
+    assert errors == []
+    page.close()
+    opened.close()
+
+
 def test_search_page_with_an_api_key(tiny_dir, scene_collection, browser, tmp_path):
     """With API keys on, the page asks for one once, keeps it for the tab, and every request (thumbnails too)
     carries it; a wrong key asks again."""
@@ -133,7 +166,17 @@ def test_search_page_with_an_api_key(tiny_dir, scene_collection, browser, tmp_pa
         page.press("#query", "Enter")
         cards = shown(page)
         assert len(cards) == K and all(c["src"].startswith("blob:") for c in cards)  # fetched with the key
-        page.reload()  # the key is kept for the tab
+        page.reload()  # the key is kept for the tab, and the search is in the URL
         page.wait_for_selector("#about:has-text('altclip-tiny')")
         assert page.is_hidden("#key-form") and errors == []
+        assert len(shown(page)) == K
         page.close()
+
+        linked = browser.new_page(viewport={"width": 1100, "height": 720})  # a shared link: the key prompt first
+        linked.on("pageerror", lambda e: errors.append(str(e)))
+        linked.goto(running.url + f"/?q=a%20red%20cat&k={K}")
+        linked.wait_for_selector("#key-form:not([hidden])")
+        linked.fill("#api-key", "sk-page")
+        linked.press("#api-key", "Enter")
+        assert len(shown(linked)) == K and errors == []
+        linked.close()

@@ -244,14 +244,15 @@ def load(
     (``"BAAI/AltCLIP"``), a checkpoint folder, or a sentence-transformers folder saved from one.
 
     ``normalize`` appends a ``Normalize`` module; similarity is cosine. ``context_length`` caps the
-    text tokens (default 77, at most 512). Other keyword arguments go to ``SentenceTransformer``.
+    text tokens (default 77, at most 512). Other keyword arguments go to ``SentenceTransformer`` and win over
+    this function's defaults (``similarity_fn_name="cosine"``; for a saved folder ``trust_remote_code=True``).
     """
     path = Path(name_or_path).expanduser()
     if (path / "modules.json").is_file():
         return _load_saved(path, context_length=context_length, device=device, dtype=dtype, **kwargs)
     core = AltCLIP.from_pretrained(name_or_path, dtype=dtype, revision=revision)
     modules = [AltCLIPModule(core, context_length or DEFAULT_CONTEXT_LENGTH)] + ([Normalize()] if normalize else [])
-    return SentenceTransformer(modules=modules, device=device, similarity_fn_name="cosine", **kwargs)
+    return SentenceTransformer(modules=modules, device=device, **{"similarity_fn_name": "cosine", **kwargs})
 
 
 def _load_saved(
@@ -259,7 +260,8 @@ def _load_saved(
 ) -> SentenceTransformer:
     """A saved sentence-transformers folder whose modules come from this package or sentence-transformers."""
     types = [entry["type"] for entry in json.loads((path / "modules.json").read_text())]
-    foreign = [t for t in types if not t.startswith(("sentence_transformers.", f"{__name__}."))]
+    ours = (f"{__name__}.", "altclip_adapters.sentence_transformers.")  # the module's path now, and before 0.2
+    foreign = [t for t in types if not t.startswith(("sentence_transformers.", *ours))]
     if foreign:
         raise ValueError(
             f"{path} uses module classes from outside sentence-transformers and altclip_adapters "
@@ -267,10 +269,9 @@ def _load_saved(
         )
     model_kwargs = {**kwargs.pop("model_kwargs", {}), **({"dtype": dtype} if dtype is not None else {})}
     # Only classes checked above are imported, so trusting the folder's code is safe here.
+    options = {"trust_remote_code": True, **kwargs, "model_kwargs": model_kwargs}
     with quiet_transformers():  # a native folder loads through transformers, which draws a progress bar
-        model = SentenceTransformer(
-            str(path), device=device, trust_remote_code=True, model_kwargs=model_kwargs, **kwargs
-        )
+        model = SentenceTransformer(str(path), device=device, **options)
     if context_length is not None:
         model.max_seq_length = context_length
     return model

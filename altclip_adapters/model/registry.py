@@ -114,7 +114,7 @@ def parse_card(data: Any, source: str) -> Card:
 
 def _cards_dir() -> Path:
     packaged = Path(__file__).with_name("cards")  # inside an installed wheel
-    return packaged if packaged.is_dir() else Path(__file__).parents[1] / "registry"  # a source checkout
+    return packaged if packaged.is_dir() else Path(__file__).parents[2] / "registry"  # a source checkout
 
 
 @cache

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 
 class EmbeddingRequest(BaseModel):
@@ -21,6 +21,16 @@ class EmbeddingRequest(BaseModel):
     dimensions: int | None = None
     user: str | None = None
     modality: Literal["text", "image"] = "text"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        """An optional field sent as null takes its default, as OpenAI's API does (LiteLLM and other gateways send
+        ``"encoding_format": null``, ``"dimensions": null``, ``"user": null``); a null ``model`` or ``input`` is
+        still a missing argument."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None or k in ("model", "input")}
+        return data
 
     @field_validator("input", mode="before")
     @classmethod

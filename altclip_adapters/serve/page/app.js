@@ -2,6 +2,7 @@
 // Text from the server is only ever set as textContent (captions and paths are not HTML).
 // With API keys on, the server answers 401: the page asks for a key once, keeps it in sessionStorage (this tab
 // only) and sends it as "Authorization: Bearer"; images then load through fetch() as blob: URLs.
+// A text search lives in the URL (?q=...&k=...), so it can be bookmarked, shared and reopened.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -31,6 +32,8 @@ keyForm.addEventListener("submit", (event) => {
   keyInput.value = "";
   keyForm.hidden = true;
   about();
+searchFromURL();
+  searchFromURL();  // the search that met the 401, now with the key
 });
 
 function loadImage(img, url) {  // with a key, through fetch (an <img src> cannot send the header)
@@ -114,13 +117,28 @@ async function run(request, what) {
   }
 }
 
+function searchText(q) {
+  preview.hidden = true;
+  run(api(`/search?q=${encodeURIComponent(q)}&k=${encodeURIComponent(k.value)}`), `“${q}”`);
+}
+
 form.addEventListener("submit", (event) => {
   event.preventDefault();
   const q = query.value.trim();
   if (!q) return;
-  preview.hidden = true;
-  run(api(`/search?q=${encodeURIComponent(q)}&k=${encodeURIComponent(k.value)}`), `“${q}”`);
+  const params = new URLSearchParams({ q, k: k.value });
+  if (location.search !== `?${params}`) history.pushState(null, "", `?${params}`);
+  searchText(q);
 });
+
+function searchFromURL() {  // ?q= (and ?k=) in the address: fill the form and search
+  const params = new URLSearchParams(location.search);
+  const q = (params.get("q") || "").trim();
+  if (params.get("k")) k.value = params.get("k");
+  query.value = q;
+  if (q) searchText(q);
+}
+window.addEventListener("popstate", searchFromURL);
 
 function searchImage(file) {
   if (!file) return;
@@ -150,3 +168,4 @@ function about() {
   }).catch(() => {});
 }
 about();
+searchFromURL();
