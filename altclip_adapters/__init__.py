@@ -86,6 +86,7 @@ MOVED: dict[str, tuple[str, ...]] = {
         "altclip_adapters.collection.index",
         "altclip_adapters.collection.search",
         "altclip_adapters.collection.index_rules",
+        "altclip_adapters.collection.index_files",
     ),
     "altclip_adapters.ray": ("altclip_adapters.collection.ray",),
     "altclip_adapters.adapters": (),

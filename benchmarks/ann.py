@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from altclip_adapters.collection.index import build_index, exact_search, open_index, recall_at_k
+from altclip_adapters.collection.index import build_index
+from altclip_adapters.collection.search import exact_search, open_index, recall_at_k
 from altclip_adapters.collection.store import EmbeddingWriter, iter_embeddings
 
 SHARD_ROWS = 100_000

@@ -17,14 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from altclip_adapters import AltCLIP, cli
-from altclip_adapters.collection.index import (
-    build_index,
-    choose_index_key,
-    exact_search,
-    open_index,
-    parse_memory,
-    recall_at_k,
-)
+from altclip_adapters.collection.index import build_index
+from altclip_adapters.collection.index_rules import choose_index_key, parse_memory
+from altclip_adapters.collection.search import exact_search, open_index, recall_at_k
 from altclip_adapters.inference.embedder import Embedder
 from altclip_adapters.collection.store import EmbeddingWriter
 

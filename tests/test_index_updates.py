@@ -17,7 +17,8 @@ import pytest
 from test_index import clustered, numpy_top_k, photos, write_folder  # noqa: F401 (photos: a fixture)
 
 from altclip_adapters import cli
-from altclip_adapters.collection.index import build_index, exact_search, open_index, recall_at_k
+from altclip_adapters.collection.index import build_index
+from altclip_adapters.collection.search import exact_search, open_index, recall_at_k
 from altclip_adapters.collection.store import EmbeddingWriter
 
 DIM = 16

@@ -297,7 +297,7 @@ def test_a_full_disk_raises_instead_of_publishing_a_truncated_npy(tmp_path):
     import signal
 
     from altclip_adapters.atomic import write_with
-    from altclip_adapters.collection.store import save_npy
+    from altclip_adapters.collection.files import save_npy
 
     path = tmp_path / "x.npy"
     old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -313,7 +313,7 @@ def test_a_full_disk_raises_instead_of_publishing_a_truncated_npy(tmp_path):
 
 
 def test_write_and_read_an_embedding_file(tmp_path):
-    from altclip_adapters.collection.store import read_embedding_file, write_embedding_file
+    from altclip_adapters.collection.files import read_embedding_file, write_embedding_file
 
     rows = unit_rows(3, 8, 0)
     for name in ("x.npy", "x.parquet"):

@@ -27,7 +27,7 @@ def _state_token(folder: Path, modality: str) -> str:
 
 
 def _up_to_date(out: Path, token: str) -> bool:
-    from altclip_adapters.collection.store import read_embedding_file
+    from altclip_adapters.collection.files import read_embedding_file
 
     try:
         return read_embedding_file(out)[2].get("state") == token
@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> None:
     import numpy as np
 
     from altclip_adapters.collection.worker import NOUNS, rows_by_key
-    from altclip_adapters.collection.store import EMBEDDING_DIRS, shard_name, write_embedding_file
+    from altclip_adapters.collection.files import write_embedding_file
+    from altclip_adapters.collection.store import EMBEDDING_DIRS, shard_name
 
     out = Path(args.out)
     if _folder.is_folder(out):

@@ -10,7 +10,7 @@ from altclip_adapters.cli._common import CLIError, command_parser, warn
 
 def memory_size(text: str) -> str:
     """argparse type: a memory size such as 4G or 512M (checked, kept as written)."""
-    from altclip_adapters.collection.index import parse_memory  # numpy only
+    from altclip_adapters.collection.index_rules import parse_memory  # standard library only
 
     try:
         parse_memory(text)

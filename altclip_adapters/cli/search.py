@@ -41,8 +41,8 @@ def describe(metadata: dict[str, Any]) -> str:
 
 
 def search_file(args: argparse.Namespace, path: Path) -> None:
-    from altclip_adapters.collection.index import exact_search
-    from altclip_adapters.collection.store import read_embedding_file
+    from altclip_adapters.collection.files import read_embedding_file
+    from altclip_adapters.collection.search import exact_search
 
     if args.modality:
         raise CLIError("--modality applies to an embedding folder; a .npy or .parquet index holds one modality")
@@ -54,7 +54,7 @@ def search_file(args: argparse.Namespace, path: Path) -> None:
 
 
 def search_folder(args: argparse.Namespace, folder: Path) -> None:
-    from altclip_adapters.collection.index import open_index
+    from altclip_adapters.collection.search import open_index
 
     index = open_index(folder, model=args.model, on_warning=warn)
     modality = args.modality or ("image" if "image" in index.modalities else "text")

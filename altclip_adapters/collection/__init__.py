@@ -8,7 +8,8 @@ decides where the same worker runs):
 - :mod:`.plan` (what an incremental run must do: run records, which shards changed) and :mod:`.worker`
   (read -> embed -> write one shard);
 - :mod:`.store` (embedding folders in clip-retrieval's layout) and :mod:`.files` (single-file outputs);
-- :mod:`.index_rules`, :mod:`.index` (FAISS indexes: autofaiss' rules, build and update) and :mod:`.search`;
+- :mod:`.index_rules`, :mod:`.index_files`, :mod:`.index` (FAISS indexes: autofaiss' rules, the index files and
+  their manifest, build and update) and :mod:`.search`;
 - :mod:`.run` (``embed_folder``: the whole incremental run, here or on Ray) and :mod:`.ray` (Ray Data).
 
 Importing this package imports none of them.

@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import numpy as np
 
 from altclip_adapters.atomic import write_bytes, write_json, write_with
+from altclip_adapters.collection.files import save_npy
+from altclip_adapters.extras import require
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -69,21 +71,6 @@ def shard_name(shard_id: int) -> str:
     return str(int(shard_id)).zfill(SHARD_DIGITS)
 
 
-class _Stream:
-    """A file seen only through ``write``: ``np.save`` then writes with Python calls, which raise on a full disk
-    (given a real file it writes through a duplicated C ``FILE*`` whose failing flush it ignores, leaving a
-    truncated file that the atomic rename would then publish)."""
-
-    def __init__(self, file: Any):
-        self.write = file.write
-
-
-def save_npy(array: np.ndarray) -> Any:
-    """A writer for :func:`altclip_adapters.atomic.write_with` that saves ``array`` as ``.npy``, raising OSError
-    when the disk is full (see :class:`_Stream`)."""
-    return lambda f: np.save(_Stream(f), array)
-
-
 def read_manifest(folder: str | Path) -> dict[str, Any]:
     """The ``altclip.json`` sidecar of an embedding folder: ``{"format_version": int, "model": str,
     "dim": int, "dtype": "float16"|"float32", "modalities": ["image", "text"] (a subset), "layout":
@@ -105,10 +92,9 @@ def _metadata_table(metadata: pa.Table | Sequence[dict]) -> pa.Table:
     """A pyarrow Table from a Table (as it is) or a list of dicts (columns: the union of the dicts' keys, in
     first-seen order, a key missing from a row null there; each column typed by its name alone, so that every
     shard of a folder agrees whatever its values: :mod:`altclip_adapters.collection._metadata`)."""
-    import pyarrow as pa
-
     from altclip_adapters.collection._metadata import INTEGER_COLUMNS, metadata_cell
 
+    pa = require("pyarrow", "cli", "An embedding folder's metadata")
     if isinstance(metadata, pa.Table):
         return metadata
     if isinstance(metadata, (str, bytes)) or not isinstance(metadata, Sequence):
@@ -229,8 +215,7 @@ class EmbeddingWriter:
         if table.num_rows == 0:
             write_bytes(self.folder / _EMPTY_DIR / name, b"")
             return
-        import pyarrow.parquet as pq
-
+        pq = require("pyarrow.parquet", "cli", "An embedding folder's metadata")
         for modality, array in arrays.items():
             prefix = EMBEDDING_DIRS[modality]
             (self.folder / prefix).mkdir(exist_ok=True)
@@ -331,9 +316,8 @@ def iter_embeddings(folder: str | Path, modality: str = "image") -> Iterator[np.
 def read_metadata(folder: str | Path, modality: str = "image") -> pa.Table:
     """All metadata rows of the folder, aligned with the rows of ``modality``'s embeddings (shards
     whose json fields differ are unified: a column missing from a shard is null there)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    pa = require("pyarrow", "cli", "An embedding folder's metadata")
+    pq = require("pyarrow.parquet", "cli", "An embedding folder's metadata")
     tables = [pq.read_table(meta) for _, meta in _shard_files(Path(folder), modality)]
     return pa.concat_tables(tables, promote_options="permissive")
 
@@ -345,8 +329,7 @@ def read_embeddings(folder: str | Path, modality: str = "image") -> tuple[np.nda
     Raises FileNotFoundError when the folder has no ``modality`` embeddings, ValueError when a
     shard's embedding and metadata row counts differ or a shard is incomplete.
     """
-    import pyarrow.parquet as pq
-
+    pq = require("pyarrow.parquet", "cli", "An embedding folder's metadata")
     shards = _shard_files(Path(folder), modality)
     arrays = list(iter_embeddings(folder, modality))
     for (path, meta), array in zip(shards, arrays):
@@ -381,8 +364,7 @@ def shard_rows(folder: str | Path, shard_id: int) -> dict[str, int]:
     """Rows of each file shard ``shard_id`` has, from file headers (``{"image": n, "metadata": n, ...}``; files
     that do not exist are left out; an empty shard's marker counts as ``{"metadata": 0}``); OSError/ValueError
     for a file that cannot be read."""
-    import pyarrow.parquet as pq
-
+    pq = require("pyarrow.parquet", "cli", "An embedding folder's metadata")
     folder = Path(folder)
     rows = {}
     for part, path in _shard_paths(folder, shard_id).items():
@@ -407,8 +389,7 @@ def keep_rows(folder: str | Path, shard_id: int, rows: Sequence[int]) -> None:
     atomically and the metadata last; the stored values are copied bit for bit (nothing is re-embedded or
     renormalised). No rows left: the shard becomes an empty one (its files removed, the empty marker written, as
     :meth:`EmbeddingWriter.write_shard` does for a shard without rows). IndexError for a row out of range."""
-    import pyarrow.parquet as pq
-
+    pq = require("pyarrow.parquet", "cli", "An embedding folder's metadata")
     folder = Path(folder)
     if not len(rows):
         delete_shard(folder, shard_id)
@@ -429,9 +410,8 @@ def merge_shards(folder: str | Path, shard_ids: Sequence[int], target: int) -> N
     """Write shard ``target`` with the rows of ``shard_ids`` in that order, the stored values copied bit for bit
     (each file atomically, metadata last; metadata columns unified as :func:`read_metadata` does). The sources
     are left as they are: the caller deletes them once the new shard is recorded."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    pa = require("pyarrow", "cli", "An embedding folder's metadata")
+    pq = require("pyarrow.parquet", "cli", "An embedding folder's metadata")
     folder = Path(folder)
     sources = [_shard_paths(folder, s) for s in shard_ids]
     out = _shard_paths(folder, target)
@@ -462,57 +442,3 @@ def lock(folder: str | Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-# single-file outputs: FILE.npy (+ FILE.ids.json) or FILE.parquet -------------------------------------------
-def write_embedding_file(out: str | Path, ids: Sequence[str], embeddings: np.ndarray, meta: dict[str, Any]) -> None:
-    """Write ``embeddings`` (float [N, D]) and their ``ids`` (N strings) to ``out``: ``.npy`` (float32 [N, D])
-    with ``<stem>.ids.json`` (``meta`` plus ``"ids"``) beside it, or ``.parquet`` (columns ``id``, ``embedding``;
-    ``meta`` as the schema's ``altclip`` metadata). Each file atomically, the ids last for ``.npy``.
-    ValueError for another suffix or a row count that differs from the ids'; ImportError (naming the extra)
-    without pyarrow."""
-    out = Path(out)
-    embeddings = np.asarray(embeddings, dtype=np.float32)
-    if len(ids) != len(embeddings):
-        raise ValueError(f"{len(ids)} ids for {len(embeddings)} embedding rows")
-    if out.suffix == ".npy":
-        write_with(out, save_npy(embeddings))
-        write_json(out.with_suffix(".ids.json"), {**meta, "ids": list(ids)})
-        return
-    if out.suffix != ".parquet":
-        raise ValueError(f"{out}: an embedding file is a .npy or .parquet file")
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError as e:
-        raise ImportError("writing .parquet needs pyarrow: pip install 'altclip-adapters[cli]'") from e
-    flat = pa.array(embeddings.reshape(-1))
-    table = pa.table({"id": pa.array(list(ids), pa.string()),
-                      "embedding": pa.FixedSizeListArray.from_arrays(flat, embeddings.shape[1])})
-    table = table.replace_schema_metadata({"altclip": json.dumps(meta)})
-    write_with(out, lambda f: pq.write_table(table, f))
-
-
-def read_embedding_file(path: str | Path) -> tuple[list[str], np.ndarray, dict[str, Any]]:
-    """(ids, embeddings float32 [N, D], meta) of a file written by :func:`write_embedding_file`.
-    FileNotFoundError when it does not exist; ValueError when it is not such a file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such index file: {path}")
-    if path.suffix == ".npy":
-        sidecar = path.with_suffix(".ids.json")
-        if not sidecar.is_file():
-            raise ValueError(f"{path} has no {sidecar.name} beside it: not an index written by altclip embed")
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
-        return meta.pop("ids"), np.load(path), meta
-    if path.suffix != ".parquet":
-        raise ValueError(f"{path}: an index is a .npy or .parquet file written by altclip embed")
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
-    metadata = table.schema.metadata or {}
-    if b"altclip" not in metadata or "embedding" not in table.column_names:
-        raise ValueError(f"{path} is not an index written by altclip embed (no altclip metadata)")
-    column = table.column("embedding").combine_chunks()
-    embeddings = np.asarray(column.flatten()).reshape(len(table), column.type.list_size)
-    return table.column("id").to_pylist(), embeddings, json.loads(metadata[b"altclip"])

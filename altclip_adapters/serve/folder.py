@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from altclip_adapters.serve.files import Collection
 
 if TYPE_CHECKING:
-    from altclip_adapters.collection.index import EmbeddingIndex
+    from altclip_adapters.collection.search import EmbeddingIndex
 
 log = logging.getLogger("altclip.serve")
 RECHECK_SECONDS = 2.0  # how stale a search may be after `altclip embed` / `altclip index` changed the folder
@@ -39,7 +39,7 @@ def open_folder(folder: str | Path, *, image_base: str | Path, dim: int) -> Serv
     ``image_base`` and a searcher that cannot be read (the folder is served, its searches answer 503)."""
     import numpy as np
 
-    from altclip_adapters.collection.index import open_index
+    from altclip_adapters.collection.search import open_index
 
     index = open_index(folder, on_warning=log.warning)
     if index.dim != dim:
