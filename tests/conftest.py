@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
+import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +21,7 @@ from altclip_adapters.model.tiny import make_checkpoint
 # Tests compare the torch runtime with transformers at 1e-5; tests/test_runtime.py runs the others (and "auto")
 os.environ.setdefault("ALTCLIP_RUNTIME", "torch")
 
+ROOT = Path(__file__).parents[1]
 TEXTS = ["a photo of a cat", "一只狗的照片", "猫の写真", "ein Foto von einem Hund", "x"]
 
 
@@ -199,3 +204,51 @@ def shard_inputs(tmp_path_factory):
         "error_message": [None] * 8 + ["timeout"], "txt": SHARD_CAPTIONS + [None], "jpg": payloads + [None],
     }), parquet)
     return {"root": root, "files": files, "captions": list(SHARD_CAPTIONS), "keys": keys, "tars": tars, "parquet": parquet}
+
+
+# runs stopped mid-way (tests/test_collections.py, tests/test_run.py) ---------------------------------------------
+def stop_mid_run(argv: list[str], sig: int, total: int, after: int = 4) -> tuple[int, str]:
+    """Run ``altclip embed argv`` in a subprocess, send ``sig`` once its progress bar passes ``after`` items (of
+    ``total``), and return (exit status, stderr)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-m", "altclip_adapters.cli", "embed", *argv], env=env,
+                               stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, bufsize=1)
+    err: list[str] = []
+    thread = threading.Thread(target=lambda: err.extend(iter(lambda: process.stderr.read(1), "")), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            done = [int(n) for n in re.findall(rf"(\d+)/{total}", "".join(err))]
+            if done and max(done) >= after:
+                process.send_signal(sig)
+                break
+            time.sleep(0.02)
+        status = process.wait(timeout=60)
+    finally:
+        process.kill()
+    thread.join(timeout=10)
+    return status, "".join(err)
+
+
+def big_picture(path: Path) -> None:
+    """A 3000x3000 PNG (270 KB: smooth gradients) that takes a good fraction of a second to decode and resize."""
+    x = np.linspace(0, 255, 3000, dtype=np.float32)
+    pixels = np.stack([np.add.outer(x, x) / 2, np.add.outer(x, -x) % 256, np.outer(np.ones(3000), x)], -1)
+    Image.fromarray(pixels.astype(np.uint8)).save(path)
+
+
+# Ray (tests/test_ray.py, tests/test_ray_readers.py, tests/test_run.py) ------------------------------------------
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray for the session, two CPUs (every actor pool leaves one to Ray Data's read tasks), without
+    progress bars; left running when the session already had one."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    if started:
+        ray.shutdown()

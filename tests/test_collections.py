@@ -12,15 +12,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_images, write_tar
-from PIL import Image
+from conftest import big_picture, make_images, stop_mid_run, write_tar
 
 from altclip_adapters.cli import main
 from altclip_adapters.collection.store import lock, read_embeddings, shards
@@ -300,37 +297,6 @@ def test_a_folder_of_other_inputs_is_refused_in_one_line(tiny_dir, shard_inputs,
 
 
 # stopped mid-shard: nothing lost, bit for bit ------------------------------------------------------------
-def _stop_mid_shard(argv: list[str], sig: int, total: int) -> tuple[int, str]:
-    """Run ``altclip embed argv`` in a subprocess, send ``sig`` once its progress bar passes 4 items (of one shard
-    of ``total``), and return (exit status, stderr)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-m", "altclip_adapters.cli", "embed", *argv], env=env,
-                               stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, bufsize=1)
-    err: list[str] = []
-    thread = threading.Thread(target=lambda: err.extend(iter(lambda: process.stderr.read(1), "")), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            done = [int(n) for n in re.findall(rf"(\d+)/{total}", "".join(err))]
-            if done and max(done) >= 4:
-                process.send_signal(sig)
-                break
-            time.sleep(0.02)
-        status = process.wait(timeout=60)
-    finally:
-        process.kill()
-    thread.join(timeout=10)
-    return status, "".join(err)
-
-
-def big_picture(path: Path) -> None:
-    """A 3000x3000 PNG (270 KB: smooth gradients) that takes a good fraction of a second to decode and resize."""
-    x = np.linspace(0, 255, 3000, dtype=np.float32)
-    pixels = np.stack([np.add.outer(x, x) / 2, np.add.outer(x, -x) % 256, np.outer(np.ones(3000), x)], -1)
-    Image.fromarray(pixels.astype(np.uint8)).save(path)
-
-
 @pytest.mark.parametrize("sig, output", [(signal.SIGINT, "emb"), (signal.SIGTERM, "index.npy")])
 def test_stopped_mid_shard_the_rerun_reuses_the_finished_batches_bit_for_bit(tiny_dir, tmp_path, sig, output):
     """One shard of 4 small images and 8 slow ones, 2 a batch: the signal comes once the bar passes 4 items, while
@@ -344,7 +310,7 @@ def test_stopped_mid_shard_the_rerun_reuses_the_finished_batches_bit_for_bit(tin
         shutil.copy(photos / "04.png", photos / f"{i:02d}.png")
     out = tmp_path / output
     common = ["--model", str(tiny_dir), "--batch-size", "2", "--device", "cpu", "--store-dtype", "float16"]
-    status, err = _stop_mid_shard([str(photos), "--out", str(out), *common], sig, 12)
+    status, err = stop_mid_run([str(photos), "--out", str(out), *common], sig, 12)
     assert status == 130, err
     kept = re.search(r"altclip: interrupted: (\d+) of 12 items embedded are kept in .*; run the same command to resume",
                      err)

@@ -25,18 +25,6 @@ from altclip_adapters.collection.store import read_embeddings
 pytestmark = pytest.mark.ray
 
 
-@pytest.fixture(scope="session")
-def local_ray():
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    yield ray
-    if started:
-        ray.shutdown()
-
-
 @pytest.fixture(scope="module")
 def reference(tiny_dir, shard_inputs):
     """The oracle: Embedder's embeddings of the image files and of the captions, in sample order."""

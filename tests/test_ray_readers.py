@@ -25,17 +25,6 @@ README = Path(__file__).parent.parent / "README.md"
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield ray
-    if started:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def pngs(tmp_path_factory) -> Path:
     """PNGs that Ray's decoding and the loader's disagree on, and a JPEG whose EXIF says 'rotate 90'."""
     folder = tmp_path_factory.mktemp("readers")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from altclip_adapters.model import registry
@@ -69,12 +68,18 @@ def natural_int(text: str) -> int:
     return value
 
 
-def model_options(p: argparse.ArgumentParser, default: str | None = "AltCLIP", bulk: bool = True) -> None:
+def model_options(
+    p: argparse.ArgumentParser,
+    default: str | None = "AltCLIP",
+    bulk: bool = True,
+    recorded: str = "the model the index records",
+) -> None:
     """The options that choose and prepare the model (``Embedder``'s arguments); ``bulk`` adds those that only
-    pay off over many inputs (int8, compile, batch size)."""
+    pay off over many inputs (int8, compile, batch size). Without a ``default``, ``recorded`` says which model
+    the command takes."""
     model_help = f"registry name ({', '.join(registry.names())}), hub id or checkpoint folder"
     p.add_argument("--model", default=default, metavar="NAME_OR_FOLDER",
-                   help=model_help if default else f"{model_help} (default: the model the index records)")
+                   help=model_help if default else f"{model_help} (default: {recorded})")
     p.add_argument("--device", help="cuda, cuda:1, cpu, ... (default: cuda when available, else cpu)")
     p.add_argument("--dtype", choices=list(DTYPES), help="weights and activations (default: bf16 on cuda, fp32 on cpu)")
     p.add_argument("--runtime", choices=["auto", "torch", "openvino"],
@@ -117,18 +122,21 @@ def check_model(model: str) -> None:
 
 def embedder_options(args: argparse.Namespace) -> dict:
     """``Embedder``'s keyword arguments from the command's options (options a command lacks take Embedder's
-    defaults); also what Ray actors receive (``altclip embed --ray``)."""
-    import torch
-
+    defaults); also what Ray actors receive (``altclip embed --ray``). Imports torch only for ``--dtype`` (an
+    ``altclip embed`` with nothing to do loads no torch)."""
     options = {
         "device": args.device,
-        "dtype": getattr(torch, DTYPES[args.dtype]) if args.dtype else None,
+        "dtype": None,
         "int8": getattr(args, "int8", False),
         "compile": getattr(args, "compile_mode", None) or getattr(args, "compile", False),
         "decode_on_device": getattr(args, "decode_on_device", False),
         "num_workers": getattr(args, "workers", None),
         "runtime": getattr(args, "runtime", None),
     }
+    if args.dtype:
+        import torch
+
+        options["dtype"] = getattr(torch, DTYPES[args.dtype])
     if hasattr(args, "batch_size"):
         options["batch_size"] = args.batch_size
     if hasattr(args, "max_image_pixels"):
@@ -141,9 +149,3 @@ def load_embedder(model: str, args: argparse.Namespace) -> Embedder:
     from altclip_adapters.inference.embedder import Embedder
 
     return Embedder.from_pretrained(model, **embedder_options(args))
-
-
-def model_reference(model: str) -> str:
-    """What an index records as its model: a registry name / hub id as given, a local folder absolute."""
-    path = Path(model).expanduser()
-    return str(path.resolve()) if path.exists() else model

@@ -1,30 +1,25 @@
 """``altclip embed ... --out DIR``: an embedding folder in clip-retrieval's layout, shard by shard, in this
-process or on Ray (``--ray [ADDRESS]``). The run itself is :mod:`altclip_adapters.collection.worker` /
-:func:`altclip_adapters.collection.ray.run`; this module parses, prints and sizes the Ray actors."""
+process or on Ray (``--ray [ADDRESS]``). The run itself is :func:`altclip_adapters.collection.run.embed_folder`;
+this module parses its options and prints what it reports."""
 
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from altclip_adapters.cli._common import CLIError, Interrupted, check_model, embedder_options, load_embedder, model_reference, natural_int, positive_int, warn
+from altclip_adapters.cli._common import CLIError, Interrupted, embedder_options, natural_int, positive_int, warn
 
 if TYPE_CHECKING:
-    from altclip_adapters.collection.worker import ShardReport, Update
-    from altclip_adapters.collection.shards import Inputs
+    from altclip_adapters.collection.run import Outcome, Progress
 
 STORE_DTYPES = ("float16", "float32")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of folder output, shard inputs and Ray (added to ``altclip embed``)."""
-    from altclip_adapters.collection.worker import MODALITY_CHOICES
+    from altclip_adapters.collection.plan import MODALITY_CHOICES
     from altclip_adapters.collection.shards import SHARD_SIZE
 
     p.epilog += (
@@ -78,119 +73,87 @@ def is_folder(out: Path) -> bool:
     return out.is_dir() or not out.suffix
 
 
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM (what Slurm, Kubernetes and ``timeout`` send) raises KeyboardInterrupt, so a
-    run stopped either way keeps its finished batches (main thread only; elsewhere nothing changes)."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@dataclass
-class Outcome:
-    """What a folder run did: its ``inputs``, the modalities ``embedded``, the ``plan`` it followed and the
-    reports of the shards it embedded."""
-
-    inputs: Inputs
-    embedded: tuple[str, ...]
-    plan: Update
-    reports: list[ShardReport] = field(default_factory=list)
-
-    def total(self, key: str) -> int:
-        return sum(len(r.skipped) if key == "skipped" else getattr(r, key) for r in self.reports)
-
-
-def embed_folder(args: argparse.Namespace, out: Path, *, dtype: str, name: str | None = None) -> Outcome:
-    """Bring the embedding folder ``out`` up to date with ``args.paths`` (see :mod:`altclip_adapters.collection.worker`),
-    in this process or on Ray, holding the folder's lock; prints what changed, what was skipped and the time
-    per stage (stderr). ``name`` is how messages call the output (default: the folder). Raises Interrupted
-    (Ctrl-C, SIGTERM) after saving the finished batches."""
-    from tqdm import tqdm
-
-    from altclip_adapters.collection.worker import ShardEmbedder, apply, stage_summary, update
-    from altclip_adapters.collection.worker import modalities as find_modalities
-    from altclip_adapters.collection.worker import run as run_here
-    from altclip_adapters.collection.shards import collect
-    from altclip_adapters.collection.store import EmbeddingWriter, lock
+def embed(args: argparse.Namespace, out: Path, *, store_dtype: str, name: str | None = None) -> Outcome:
+    """Bring the embedding folder ``out`` up to date with ``args.paths``
+    (:func:`altclip_adapters.collection.run.embed_folder`), printing as it goes (stderr): what changed, a progress
+    bar, what was skipped, the time per stage. ``name`` is how messages call the output (default: the folder).
+    Raises Interrupted (Ctrl-C, SIGTERM) once embedding began, after the finished batches are saved."""
+    from altclip_adapters.collection.run import embed_folder
+    from altclip_adapters.collection.worker import stage_summary
+    from altclip_adapters.extras import MissingExtra
 
     if args.ray and Path(args.ray).exists():
         raise CLIError(
             f"--ray took {args.ray} as the cluster's address: write --ray=ADDRESS, or put --ray after the paths"
         )
-    inputs = collect(args.paths)
-    check_model(args.model)
-    embedded = find_modalities(inputs.kind, lambda: inputs.shards([0], 0, 1)[0].has_captions(), args.modality)
-    reference = model_reference(args.model)
-    EmbeddingWriter(out, model=reference, dtype=dtype)  # creates the folder; refuses another model or dtype
-    name = name or str(out)
-    with lock(out), sigterm_as_interrupt():
-        plan = update(out, inputs, shard_size=args.shard_size)
-        outcome = Outcome(inputs, embedded, plan)
-        for note in plan.notes:
-            warn(note)
-        if plan.previous:
-            warn(f"{plan.summary(inputs.kind)} ({count(plan.kept, 'shard')} of {name} kept as they are)")
-        for target, sources in plan.merge.items():
-            warn(f"compacting {count(len(sources), 'small shard')} into shard {target}")
-        apply(out, plan)
-        if not plan.todo:
-            return outcome
-        items = sum(len(s.keys) for s in plan.todo) if inputs.kind not in ("tar", "parquet") else None
-        done = [0]  # items embedded (a disabled bar counts nothing)
-        embedder = load_embedder(args.model, args) if args.ray is None else None  # a model that fails: no bar drawn
-        with tqdm(total=items, unit="item", disable=args.quiet, file=sys.stderr) as bar:
-
-            def progress(n: int) -> None:
-                done[0] += n
-                bar.update(n)
-
-            def on_report(report) -> None:
-                bar.clear()
-                for message in [*report.notes, *(f"skipped: {m}" for m in report.skipped)]:
-                    warn(message)
-                if report.error:
-                    warn(report.error)
-                if args.ray is not None:
-                    progress(report.items)
-                outcome.reports.append(report)
-
-            try:
-                if embedder is not None:
-                    worker = ShardEmbedder(embedder, out, model=reference, modalities=embedded, dtype=dtype,
-                                           progress=progress)
-                    run_here(worker, plan.todo, on_report)
-                else:
-                    _run_on_ray(args, out, plan.todo, reference, embedded, dtype, on_report)
-            except KeyboardInterrupt:
-                raise Interrupted(
-                    f"interrupted: {done[0]:,} of {f'{items:,}' if items is not None else 'the'} items embedded are kept in "
-                    f"{name}; run the same command to resume"
-                ) from None
+    printer = _Printer(name or str(out), args.quiet)
+    try:
+        outcome = embed_folder(
+            args.paths, out, model=args.model, modalities=args.modality, shard_size=args.shard_size,
+            store_dtype=store_dtype, distributor=None if args.ray is None else args.ray or "ray", actors=args.actors,
+            cpus_per_actor=args.cpus_per_actor, on_progress=printer, **embedder_options(args),
+        )
+    except KeyboardInterrupt:
+        if printer.bar is None:  # before any embedding: nothing to count
+            raise
+        total = f"{printer.total:,}" if printer.total is not None else "the"
+        raise Interrupted(
+            f"interrupted: {printer.done:,} of {total} items embedded are kept in {printer.name}; "
+            "run the same command to resume"
+        ) from None
+    except MissingExtra as e:
+        raise CLIError(str(e)) from None
+    finally:
+        printer.close()
+    if outcome.plan.todo:
         warn(f"time per stage: {stage_summary(outcome.reports)}")
     return outcome
 
 
+class _Printer:
+    """``on_progress`` of a folder run: its lines (stderr, ``altclip: ...``) and its progress bar (none with
+    ``quiet``); ``done`` counts the items embedded, saved batches included, of ``total``."""
+
+    def __init__(self, name: str, quiet: bool):
+        self.name, self.quiet = name, quiet
+        self.bar: Any = None  # a tqdm bar once embedding starts
+        self.done = 0
+        self.total: int | None = None
+
+    def __call__(self, event: Progress) -> None:
+        if event.event == "planned" and (plan := event.plan) is not None:
+            for note in event.warnings:
+                warn(note)
+            if plan.previous:
+                warn(f"{plan.summary()} ({count(plan.kept, 'shard')} of {self.name} kept as they are)")
+            for target, sources in plan.merge.items():
+                warn(f"compacting {count(len(sources), 'small shard')} into shard {target}")
+        elif event.event == "started":
+            from tqdm import tqdm
+
+            self.total = event.total
+            self.bar = tqdm(total=event.total, unit="item", disable=self.quiet, file=sys.stderr)
+        elif event.event == "items":
+            self.done += event.items
+            self.bar.update(event.items)
+        elif event.event == "shard":
+            self.bar.clear()
+            for message in event.warnings:
+                warn(message)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def check_outcome(outcome: Outcome) -> None:
     """CLIError when shards could not be read or were read only partly (after the summary is printed)."""
-    unwritten = sum(not r.written for r in outcome.reports)
-    if unwritten:
+    if outcome.unwritten:
         raise CLIError(
-            f"{unwritten} of {len(outcome.reports)} shards could not be read (listed above); "
+            f"{len(outcome.unwritten)} of {len(outcome.reports)} shards could not be read (listed above); "
             "rerun the same command to retry them"
         )
-    incomplete = outcome.plan.incomplete + [r.name for r in outcome.reports if r.error and r.written]
-    if incomplete:
+    if incomplete := outcome.incomplete:
         raise CLIError(
             f"{count(len(incomplete), 'shard')} read only partly (truncated input: {', '.join(incomplete[:3])}"
             f"{' ...' if len(incomplete) > 3 else ''}); replace the file and rerun: the rerun redoes it"
@@ -207,13 +170,13 @@ def blank_lines(paths) -> int:
 def run(args: argparse.Namespace, out: Path) -> None:
     if not out.parent.is_dir():
         raise FileNotFoundError(f"the folder for --out does not exist: {out.parent}")
-    outcome = embed_folder(args, out, dtype=args.store_dtype)
+    outcome = embed(args, out, store_dtype=args.store_dtype)
     if not outcome.plan.todo:
         if not outcome.plan.changes:
             kept = outcome.plan.kept
             print(f"nothing to do: {f'all {kept:,} shards are' if kept != 1 else 'its one shard is'} already in {out}")
         else:
-            print(f"updated {out}: {outcome.plan.summary(outcome.inputs.kind)}")
+            print(f"updated {out}: {outcome.plan.summary()}")
         return check_outcome(outcome)
     notes = []
     if skipped := outcome.total("skipped"):
@@ -228,50 +191,3 @@ def run(args: argparse.Namespace, out: Path) -> None:
     rows = count(outcome.total("rows"), " and ".join(outcome.embedded) + " embedding row")
     print(f"wrote {rows} in {count(written, 'shard')} to {out}" + "".join(f"; {note}" for note in notes))
     check_outcome(outcome)
-
-
-def _run_on_ray(args: argparse.Namespace, out: Path, todo, reference: str, embedded, dtype: str, on_report) -> None:
-    """Size the actors from the cluster's resources and run :func:`altclip_adapters.collection.ray.run`."""
-    try:
-        import ray
-    except ImportError as e:
-        raise CLIError("--ray needs Ray Data: pip install 'altclip-adapters[ray]'") from e
-    from altclip_adapters.collection import ray as altclip_ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=args.ray or None)
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False  # the command's own bar counts items
-    context.print_on_execution_start = False
-    try:
-        resources = ray.cluster_resources()
-        gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
-        gpu = gpus > 0 and not (args.device or "").startswith("cpu")
-        actors = args.actors or (gpus if gpu else 1)
-        spare = max(1, cpus - 1) // actors  # one CPU stays free for Ray Data's own tasks
-        num_cpus = args.cpus_per_actor if args.cpus_per_actor is not None else max(1, min(8, spare) if gpu else spare)
-        if actors * max(num_cpus, 1) > cpus:
-            raise CLIError(
-                f"{actors} actors x {num_cpus} CPUs need more than the cluster's {cpus} CPUs: "
-                "lower --actors or --cpus-per-actor"
-            )
-        options = embedder_options(args)
-        options.pop("device")
-        if gpu and options.get("num_workers") is None:
-            options["num_workers"] = num_cpus  # decoding processes inside each GPU actor
-        altclip_ray.run(
-            todo,
-            out,
-            model=reference,
-            modalities=embedded,
-            dtype=dtype,
-            actors=actors,
-            num_gpus=1 if gpu else 0,
-            num_cpus=num_cpus,
-            embedder_kwargs=options,
-            on_report=on_report,
-        )
-    finally:
-        if started:
-            ray.shutdown()

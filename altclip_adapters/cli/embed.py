@@ -1,5 +1,5 @@
 """``altclip embed``: embed images (files, folders) or texts (.txt files) into one index file or an embedding folder,
-incrementally and resumably (one mechanism for both: :mod:`altclip_adapters.collection.worker`)."""
+incrementally and resumably (one mechanism for both: :func:`altclip_adapters.collection.run.embed_folder`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import hashlib
 from pathlib import Path
 
 from altclip_adapters.cli import _folder
-from altclip_adapters.cli._common import CLIError, command_parser, image_options, model_options, model_reference
+from altclip_adapters.cli._common import CLIError, command_parser, image_options, model_options
 
 OUTPUT_SUFFIXES = (".npy", ".parquet")
 
@@ -36,13 +36,13 @@ def _up_to_date(out: Path, token: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> None:
-    """One mechanism for every output: a ``.npy`` / ``.parquet`` OUT is a folder run (:mod:`altclip_adapters.collection.worker`:
-    incremental, resumable, locked) into the hidden folder :func:`state_folder`, whose rows are then written to
-    OUT in input order, atomically."""
+    """One mechanism for every output: a ``.npy`` / ``.parquet`` OUT is a folder run
+    (:func:`altclip_adapters.collection.run.embed_folder`: incremental, resumable, locked) into the hidden folder
+    :func:`state_folder`, whose rows are then written to OUT in input order, atomically."""
     import numpy as np
 
-    from altclip_adapters.collection.worker import NOUNS, rows_by_key
     from altclip_adapters.collection.files import write_embedding_file
+    from altclip_adapters.collection.plan import NOUNS, rows_by_key
     from altclip_adapters.collection.store import EMBEDDING_DIRS, shard_name
 
     out = Path(args.out)
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> None:
     if not out.parent.is_dir():
         raise FileNotFoundError(f"the folder for --out does not exist: {out.parent}")
     state = state_folder(out)
-    outcome = _folder.embed_folder(args, state, dtype="float32", name=f"{state} (the state of {out.name})")
+    outcome = _folder.embed(args, state, store_dtype="float32", name=f"{state} (the state of {out.name})")
     modality = outcome.embedded[0]
     kind = outcome.inputs.kind
     where = rows_by_key(state)
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> None:
     prefix = EMBEDDING_DIRS[modality]
     arrays = {s: np.load(state / prefix / f"{prefix}_{shard_name(s)}.npy") for s in {where[k][0] for k in where}}
     embeddings = np.stack([arrays[where[outcome.inputs.keys[i]][0]][where[outcome.inputs.keys[i]][1]] for i in found])
-    meta = {"model": model_reference(args.model), "modality": modality, "state": token}
+    meta = {"model": outcome.model, "modality": modality, "state": token}
     write_embedding_file(out, [outcome.inputs.items[i] for i in found], embeddings, meta)
     notes = []
     if skipped := len(outcome.inputs.keys) - len(found):
@@ -104,7 +104,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        help="FILE.npy (float32 [N, D], ids in FILE.ids.json), FILE.parquet (columns id, embedding), or DIR "
                        "(no suffix: an embedding folder in clip-retrieval's layout)")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
-    model_options(embed)
+    model_options(embed, default=None, recorded="the model OUT records, else AltCLIP")
     image_options(embed)
     _folder.add_arguments(embed)
     embed.set_defaults(func=run)

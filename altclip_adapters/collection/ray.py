@@ -13,9 +13,9 @@
   (an empty string for the rows embedded: a string column in every block, which Arrow keeps as it is).
 - :func:`add_embeddings` is the one call: ``add_embeddings(ds, model="AltCLIP")`` returns ``ds`` with an
   ``embedding`` column (float32 ``[dim]`` per row, L2-normalised) and an ``error`` column ("" when fine).
-- :func:`run` runs a bulk job (:mod:`altclip_adapters.collection.worker`, what ``altclip embed --ray`` does): one Ray
-  Data task per input shard on an actor pool, each actor embedding whole shards and writing their output
-  shards itself.
+- :func:`run` runs a bulk job's shards (:class:`~altclip_adapters.collection.worker.ShardEmbedder`; what
+  ``embed_folder(..., distributor="ray")`` and ``altclip embed --ray`` run): one Ray Data task per input shard on
+  an actor pool, each actor embedding whole shards and writing their output shards itself.
 
 Fault tolerance is Ray Data's: actors of ``map_batches`` are created with ``max_restarts=-1`` and
 ``max_task_retries=-1`` (``ray/data/_internal/execution/operators/actor_pool_map_operator.py``), so an
@@ -33,9 +33,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from altclip_adapters.collection.worker import ShardEmbedder, ShardReport
+from altclip_adapters.collection.plan import ShardReport
 from altclip_adapters.collection.shards import ShardSource
 from altclip_adapters.collection.store import check_modality
+from altclip_adapters.collection.worker import ShardEmbedder
 
 if TYPE_CHECKING:
     import numpy as np
@@ -261,7 +262,7 @@ def run(
     be reachable at the same path from every node (a shared file system). ``model`` is what the actors load
     and what the folder records (a registry name, hub id or absolute folder). Returns one report per shard
     (also given to ``on_report`` as each arrives, in completion order). The shards' records and saved
-    batches are those of an in-process run (:mod:`altclip_adapters.collection.worker`), so either kind of run resumes
+    batches are those of an in-process run (:mod:`altclip_adapters.collection.plan`), so either kind of run resumes
     and updates the other's folder.
     """
     ray = _import_ray()

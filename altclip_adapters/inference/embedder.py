@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -40,12 +41,17 @@ JPEG_SUFFIXES = {".jpg", ".jpeg"}
 @dataclass
 class ImageBatch:
     """Embeddings of the readable images of one batch: their positions in the input, and the
-    unreadable ones as (position, message)."""
+    unreadable ones as (position, message). ``decode_seconds``: how long the caller waited for the batch's
+    pixels (DataLoader workers' decoding, or this process's; JPEG decoding on the device included);
+    ``embed_seconds``: its forward pass (:meth:`Embedder.encode_pixels`). Wall-clock seconds, measured by
+    :meth:`Embedder.iter_images` for this batch alone (bulk runs sum them per stage)."""
 
     indices: list[int]
     embeddings: torch.Tensor
     errors: list[tuple[int, str]] = field(default_factory=list)
     exceptions: list[Exception] = field(default_factory=list, repr=False)  # what raised each error, in that order
+    decode_seconds: float = 0.0
+    embed_seconds: float = 0.0
 
 
 class _ImageItems(Dataset):
@@ -302,11 +308,12 @@ class Embedder:
         return positions, pixels, errors
 
     def iter_images(self, images: Sequence[ImageInput]) -> Iterator[ImageBatch]:
-        """One :class:`ImageBatch` per batch, in input order; unreadable images are reported, not raised.
-        An empty list yields nothing; TypeError for anything but a list."""
+        """One :class:`ImageBatch` per batch, in input order, with its decoding and forward seconds; unreadable
+        images are reported, not raised. An empty list yields nothing; TypeError for anything but a list."""
         images = as_list(images, "images")
         if not images:
             return
+        start = time.perf_counter()  # the first batch's wait includes starting the workers
         loader = DataLoader(
             _ImageItems(images, self.processor.image_transform, self.decode_on_device, self.max_image_pixels),
             batch_size=self.batch_size,
@@ -323,11 +330,16 @@ class Embedder:
                 indices, errors = indices + decoded, sorted(errors + failed, key=lambda error: error[0])
                 pixels = torch.cat(parts) if parts else None
             messages, exceptions = [(i, str(e)) for i, e in errors], [e for _, e in errors]
+            decoded = time.perf_counter()
             if pixels is None:
-                yield ImageBatch([], torch.empty(0, self.model.config.projection_dim), messages, exceptions)
-                continue
-            order = sorted(range(len(indices)), key=indices.__getitem__)
-            yield ImageBatch([indices[i] for i in order], self.encode_pixels(pixels)[order], messages, exceptions)
+                empty = torch.empty(0, self.model.config.projection_dim)
+                yield ImageBatch([], empty, messages, exceptions, decode_seconds=decoded - start)
+            else:
+                order = sorted(range(len(indices)), key=indices.__getitem__)
+                embeddings = self.encode_pixels(pixels)[order]
+                yield ImageBatch([indices[i] for i in order], embeddings, messages, exceptions,
+                                 decode_seconds=decoded - start, embed_seconds=time.perf_counter() - decoded)
+            start = time.perf_counter()  # the caller's time between batches is not the batch's
 
     def images(self, images: Sequence[ImageInput]) -> torch.Tensor:
         """Embeddings [N, projection_dim] float32 of ``images``, in input order ([0, projection_dim] for none);
