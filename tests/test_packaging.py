@@ -23,10 +23,8 @@ def test_import_does_not_import_any_ecosystem():
 
 
 def test_wheel_ships_the_cards_the_open_clip_hook_and_py_typed(tmp_path):
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
-        check=True, timeout=300,
-    )
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)]
+    subprocess.run([*command, str(ROOT)], check=True, timeout=300)
     (wheel,) = tmp_path.glob("altclip_adapters-*.whl")
     archive = zipfile.ZipFile(wheel)
     names = set(archive.namelist())
@@ -34,8 +32,12 @@ def test_wheel_ships_the_cards_the_open_clip_hook_and_py_typed(tmp_path):
     cards = Path(registry.__file__).with_name("cards").relative_to(site).as_posix()  # where an installed copy looks
     for card in ("AltCLIP", "AltCLIP-m9", "AltCLIP-m18"):
         assert f"{cards}/{card}.json" in names
-    assert {"altclip_adapters/integrations/_autoload.py", "_altclip_adapters_autoload.py",
-            "altclip_adapters_autoload.pth", "altclip_adapters/py.typed"} <= names
+    assert {
+        "altclip_adapters/integrations/_autoload.py",
+        "_altclip_adapters_autoload.py",
+        "altclip_adapters_autoload.pth",
+        "altclip_adapters/py.typed",
+    } <= names
     (metadata,) = [name for name in names if name.endswith(".dist-info/METADATA")]
     version = re.search(r"^Version: (.+)$", archive.read(metadata).decode(), re.MULTILINE).group(1)
     assert version == altclip_adapters.__version__  # the one version, read from the package by the build
