@@ -22,9 +22,21 @@ class AltCLIPEmbeddings(Embeddings):
     """A ``langchain_core`` ``Embeddings`` for AltCLIP: ``embed_documents`` / ``embed_query`` for texts (any of
     AltCLIP's languages), ``embed_image(uris=...)`` for images, as multimodal vector stores call it.
 
-    ``model`` is a registry name (``"AltCLIP"``, ``"AltCLIP-m18"``), a hub id, a checkpoint folder or a loaded
-    ``AltCLIP``. Vectors have unit length; texts past ``context_length`` tokens (default 77) are truncated.
-    ``runtime``: ``"torch"``, ``"openvino"`` or ``"auto"`` (see :class:`altclip_adapters.inference.embedder.Embedder`).
+    Vectors have unit length (cosine similarity is their dot product); texts and images are encoded in batches,
+    without gradients.
+
+    Args:
+        model: a registry name (``"AltCLIP"``, ``"AltCLIP-m18"``), a hub id, a checkpoint folder or a loaded
+            ``AltCLIP`` (which stays on its device unless ``device`` is given).
+        device: where the model runs (default: a GPU when there is one).
+        batch_size: texts or images per forward pass.
+        dtype: as ``Embedder``'s (default: bf16 on a GPU, else the runtime's).
+        context_length: the text token cap (default 77, at most 512): longer texts are truncated.
+        runtime: ``"torch"``, ``"openvino"`` or ``"auto"`` (see :class:`altclip_adapters.inference.embedder.Embedder`).
+
+    Raises:
+        ValueError: a bad ``batch_size`` or ``context_length`` (before the model loads), or as ``Embedder``.
+        FileNotFoundError: the checkpoint cannot be had (see ``AltCLIP.from_pretrained``).
     """
 
     def __init__(
@@ -43,15 +55,27 @@ class AltCLIPEmbeddings(Embeddings):
         self.batch_size = batch_size
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        """One vector per text."""
+        """One vector (``projection_dim`` floats, unit length) per text, in order; ``[]`` for no texts.
+
+        Raises:
+            TypeError: ``texts`` is not a list of strings.
+        """
         return text_vectors(self._embedder, texts)
 
     def embed_query(self, text: str) -> list[float]:
-        """The vector of one text."""
+        """The vector (``projection_dim`` floats, unit length) of one text."""
         return text_vectors(self._embedder, [text])[0]
 
     def embed_image(self, uris: list[ImageLike]) -> list[list[float]]:
-        """One vector per image: file paths (also BytesIO, PIL images or uint8 arrays)."""
+        """One vector (``projection_dim`` floats, unit length) per image, in order; ``[]`` for none.
+
+        Args:
+            uris: file paths (also ``BytesIO``, PIL images or uint8 arrays), as multimodal stores pass them.
+
+        Raises:
+            UnreadableImageError: (a ``ValueError``) the first image that cannot be decoded, named.
+            FileNotFoundError: a path that does not exist.
+        """
         return image_vectors(self._embedder, uris)
 
     async def aembed_image(self, uris: list[ImageLike]) -> list[list[float]]:

@@ -24,10 +24,21 @@ from altclip_adapters.integrations._embedder import image_vectors, load_embedder
 class AltCLIPEmbedding(MultiModalEmbedding):
     """A LlamaIndex ``MultiModalEmbedding`` for AltCLIP, usable as both ``embed_model`` and ``image_embed_model``.
 
-    ``model_name`` is a registry name (``"AltCLIP"``, ``"AltCLIP-m18"``), a hub id or a checkpoint folder. Texts
-    and images (paths or ``BytesIO``, as ``ImageNode.resolve_image()`` gives) are encoded ``embed_batch_size`` at a
-    time; vectors have unit length; texts past ``context_length`` tokens (default 77) are truncated. ``runtime``:
-    ``"torch"``, ``"openvino"`` or ``"auto"`` (see :class:`altclip_adapters.inference.embedder.Embedder`).
+    Texts and images (paths or ``BytesIO``, as ``ImageNode.resolve_image()`` gives) are encoded
+    ``embed_batch_size`` at a time; vectors have unit length. Async calls, which LlamaIndex runs concurrently, each
+    run in a worker thread and share the one model safely.
+
+    Args:
+        model_name: a registry name (``"AltCLIP"``, ``"AltCLIP-m18"``), a hub id or a checkpoint folder.
+        device: where the model runs (default: a GPU when there is one).
+        dtype: as ``Embedder``'s (default: bf16 on a GPU, else the runtime's).
+        context_length: the text token cap (default 77, at most 512): longer texts are truncated.
+        runtime: ``"torch"``, ``"openvino"`` or ``"auto"`` (see :class:`altclip_adapters.inference.embedder.Embedder`).
+        **kwargs (Any): LlamaIndex's own fields (``embed_batch_size``: 1 to 2048, default 32; ``callback_manager``...).
+
+    Raises:
+        ValueError: a field out of bounds (pydantic's ``ValidationError``), or as ``Embedder``.
+        FileNotFoundError: the checkpoint cannot be had (see ``AltCLIP.from_pretrained``).
     """
 
     model_name: str = Field(default="AltCLIP", description="Registry name, hub id or checkpoint folder.")
@@ -57,6 +68,7 @@ class AltCLIPEmbedding(MultiModalEmbedding):
 
     @classmethod
     def class_name(cls) -> str:
+        """The name LlamaIndex serialises this class under."""
         return "AltCLIPEmbedding"
 
     def _get_query_embedding(self, query: str) -> Embedding:

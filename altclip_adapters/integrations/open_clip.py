@@ -34,10 +34,18 @@ _INTERPOLATION = {"bicubic": 3, "bilinear": 2}  # open_clip name -> PIL code in 
 
 
 def model_config(source: str | Path) -> dict[str, Any]:
-    """open_clip's model config for a registry name (``"AltCLIP"``) or for a checkpoint folder in the
-    BAAI/transformers layout (the tokenizer is then the folder's).
+    """open_clip's model config (what ``open_clip_config.json`` holds as ``model_cfg``) for an AltCLIP checkpoint.
 
-    Raises FileNotFoundError if ``source`` is neither."""
+    Args:
+        source: a registry name (``"AltCLIP"``; the tokenizer is then the hub repo's) or a checkpoint folder in the
+            BAAI/transformers layout (the tokenizer is then the folder's).
+
+    Returns:
+        open_clip's keys plus the architecture under ``"altclip"``, which the registration dispatches on.
+
+    Raises:
+        FileNotFoundError: ``source`` is neither a registry name nor a folder.
+    """
     card = registry.find(str(source))
     if card is not None:
         return card.open_clip_config()
@@ -57,9 +65,15 @@ def _params(item: nn.Module | nn.Parameter) -> list[nn.Parameter]:
 class AltCLIPOpenCLIP(AltCLIP):
     """The shared core under open_clip's model contract; its state dict is the core's.
 
-    Built by ``open_clip.create_model`` from a model config (see :func:`model_config`). It also
-    loads BAAI/transformers AltCLIP state dicts (``load_state_dict`` maps them through the HF
-    bridge), so ``pretrained=`` may name such a ``.bin`` / ``.safetensors`` file.
+    Built by ``open_clip.create_model`` from a model config (see :func:`model_config`), with open_clip's
+    keyword arguments. It also loads BAAI/transformers AltCLIP state dicts (``load_state_dict`` maps them through
+    the HF bridge), so ``pretrained=`` may name such a ``.bin`` / ``.safetensors`` file. ``encode_image``,
+    ``encode_text``, ``forward``, ``lock_image_tower``, ``lock_text_tower`` and ``set_grad_checkpointing`` behave
+    as for open_clip's own models.
+
+    Raises:
+        ValueError: (on construction) an ``embed_dim`` other than the architecture's ``projection_dim``, or patch
+            dropout, which AltCLIP does not support.
     """
 
     def __init__(
@@ -109,11 +123,13 @@ class AltCLIPOpenCLIP(AltCLIP):
         return nullcontext()
 
     def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Image embeddings [B, embed_dim] for pixel values [B, 3, H, W] (open_clip's transform's output)."""
         with self._precision():
             return super().encode_image(image, normalize=normalize, interpolate_pos_encoding=self._interpolate)
 
     def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """Text embeddings for token ids padded with the pad id (the attention mask is derived from it)."""
+        """Text embeddings [B, embed_dim] for token ids [B, T] padded with the pad id (the attention mask is
+        derived from it), as open_clip's tokenizer gives them."""
         with self._precision():
             return super().encode_text(text, normalize=normalize)
 
@@ -174,8 +190,21 @@ class AltCLIPOpenCLIP(AltCLIP):
 
 
 def save_hf(model: AltCLIPOpenCLIP, tokenizer: HFTokenizer, folder: str | Path) -> Path:
-    """Write ``model`` (e.g. fine-tuned with open_clip_train) and its open_clip tokenizer as a
-    BAAI/AltCLIP-layout folder that ``transformers.AltCLIPModel`` and ``AltCLIPProcessor`` load."""
+    """Write an open_clip AltCLIP (e.g. fine-tuned with open_clip_train) as a BAAI/AltCLIP-layout folder that
+    ``transformers.AltCLIPModel`` and ``AltCLIPProcessor`` load.
+
+    Args:
+        model: an AltCLIP built by open_clip.
+        tokenizer: its open_clip tokenizer (``open_clip.get_tokenizer("AltCLIP")``).
+        folder: where to write (created if missing).
+
+    Returns:
+        ``folder`` as a ``Path``.
+
+    Raises:
+        TypeError: ``model`` is not an open_clip AltCLIP.
+        ValueError: the model has a SigLIP ``logit_bias``, which the BAAI/AltCLIP layout cannot hold.
+    """
     if not isinstance(model, AltCLIPOpenCLIP):
         raise TypeError(f"expected an open_clip AltCLIP model; got {type(model).__name__}")
     if model.logit_bias is not None:
@@ -195,9 +224,20 @@ def save_hf(model: AltCLIPOpenCLIP, tokenizer: HFTokenizer, folder: str | Path) 
 
 
 def save_for_open_clip(source: str | Path, folder: str | Path) -> Path:
-    """Write an AltCLIP checkpoint (registry name, hub id or BAAI-layout folder) as an open_clip folder
-    (``save_for_hf`` layout): ``create_model('local-dir:<folder>')`` loads it, and so does
-    ``'hf-hub:<repo>'`` once the folder is uploaded."""
+    """Write an AltCLIP checkpoint as an open_clip folder (``save_for_hf`` layout).
+
+    Args:
+        source: a registry name, a hub id or a folder in the BAAI/transformers layout.
+        folder: where to write (created if missing).
+
+    Returns:
+        ``folder`` as a ``Path``: ``create_model('local-dir:<folder>')`` loads it, and so does ``'hf-hub:<repo>'``
+        once the folder is uploaded. It also holds the BAAI tokenizer file set.
+
+    Raises:
+        FileNotFoundError: ``source`` cannot be had (see ``AltCLIP.from_pretrained``).
+        ValueError: ``source`` is a file, or its tensors do not fit its architecture.
+    """
     from open_clip.push_to_hf_hub import save_for_hf
 
     checkpoint = resolve_checkpoint(source)

@@ -53,6 +53,13 @@ class AltCLIPModule(InputModule):
     file path strings, image URLs or ``data:image/...`` URIs; one batch may mix texts and images. Outputs
     ``sentence_embedding`` in input order (the unnormalised projection; follow it with ``Normalize`` for cosine
     similarity).
+
+    Args:
+        model: an ``AltCLIP`` loaded with its processor (``AltCLIP.from_pretrained``).
+        max_seq_length: the text token cap, ``<s>`` and ``</s>`` included (2 to 512).
+
+    Raises:
+        ValueError: the model has no processor, or ``max_seq_length`` is out of range.
     """
 
     # The module's own settings; the folder's config.json stays the transformers AltCLIP config.
@@ -74,14 +81,17 @@ class AltCLIPModule(InputModule):
 
     @property
     def processor(self) -> AltCLIPProcessor:
+        """The checkpoint's processor (tokenizer and image transform)."""
         return self.model.processor
 
     @property
     def tokenizer(self):
+        """The checkpoint's XLM-R tokenizer (what sentence-transformers' trainer and ``tokenize`` use)."""
         return self.model.processor.tokenizer
 
     @property
     def max_seq_length(self) -> int:
+        """The text token cap; setting it checks it (an integer from 2 to 512, else ValueError)."""
         return self.model.processor.context_length
 
     @max_seq_length.setter
@@ -89,6 +99,7 @@ class AltCLIPModule(InputModule):
         self.model.processor.context_length = AltCLIPProcessor._check_context_length(value)
 
     def get_embedding_dimension(self) -> int:
+        """The embedding size (``projection_dim``: 768 for the released checkpoints)."""
         return self.model.config.projection_dim
 
     def preprocess(self, inputs: Sequence[Any], prompt: str | None = None, **kwargs) -> dict[str, Any]:
@@ -98,6 +109,12 @@ class AltCLIPModule(InputModule):
         ``"message"`` (what sentence-transformers calls a mixed batch). An empty batch is an empty text batch.
 
         A caller's ``max_length`` (the trainer's) overrides ``max_seq_length`` for this batch.
+
+        Raises:
+            ValueError: an input that is neither a text nor an image (a chat message, a pair, None, a dict with
+                both), naming it; an image's array of unsupported dtype or shape.
+            UnreadableImageError: an image that cannot be decoded (a ``ValueError``).
+            FileNotFoundError: a ``pathlib.Path`` that does not exist.
         """
         kinds = [_input_kind(item) for item in inputs]
         texts = [_unwrap(item) for item, kind in zip(inputs, kinds) if kind == "text"]
@@ -125,7 +142,8 @@ class AltCLIPModule(InputModule):
             raise type(e)(f"{e} (input: {_describe(image)})") from e
 
     def forward(self, features: dict[str, Any], **kwargs) -> dict[str, Any]:
-        """``sentence_embedding`` [N, projection_dim]: the texts' and the images' projections, in input order."""
+        """Adds ``sentence_embedding`` [N, projection_dim] (the model's dtype) to ``features``: the texts' and the
+        images' projections, unnormalised, in input order."""
         parts = []
         if "input_ids" in features:
             text = self.model.encode_text(features["input_ids"], features["attention_mask"])
@@ -165,9 +183,13 @@ class AltCLIPModule(InputModule):
         init_defaults: dict[str, Any] | None = None,
         **kwargs,
     ) -> AltCLIPModule:
-        """Load from a folder written by :meth:`save`, locally or on the Hugging Face hub.
+        """Load from a folder written by :meth:`save`, locally or on the Hugging Face hub (sentence-transformers
+        calls this with its hub arguments).
 
         ``model_kwargs={"dtype": torch.bfloat16}`` (or ``torch_dtype``) picks the weights' dtype.
+
+        Raises:
+            FileNotFoundError: no such folder or hub repo.
         """
         hub = {"token": token, "cache_folder": cache_folder, "revision": revision, "local_files_only": local_files_only}
         config = {**(init_defaults or {}), **cls.load_config(model_name_or_path, subfolder=subfolder, **hub)}
@@ -240,12 +262,27 @@ def load(
     revision: str | None = None,
     **kwargs,
 ) -> SentenceTransformer:
-    """A ``SentenceTransformer`` for AltCLIP: a registry name (``"AltCLIP"``), a hub id
-    (``"BAAI/AltCLIP"``), a checkpoint folder, or a sentence-transformers folder saved from one.
+    """A ``SentenceTransformer`` for AltCLIP, without ``trust_remote_code``.
 
-    ``normalize`` appends a ``Normalize`` module; similarity is cosine. ``context_length`` caps the
-    text tokens (default 77, at most 512). Other keyword arguments go to ``SentenceTransformer`` and win over
-    this function's defaults (``similarity_fn_name="cosine"``; for a saved folder ``trust_remote_code=True``).
+    Args:
+        name_or_path: a registry name (``"AltCLIP"``), a hub id (``"BAAI/AltCLIP"``), a checkpoint folder, or a
+            sentence-transformers folder saved from one (its modules are checked to be sentence-transformers' or
+            this package's before any is imported).
+        normalize: append a ``Normalize`` module (unit vectors; similarity is cosine either way).
+        context_length: the text token cap (default 77, at most 512).
+        device: where the model runs (sentence-transformers' default: a GPU when there is one).
+        dtype: the weights' dtype (``torch.bfloat16``, ``torch.float16``; default float32).
+        revision: the hub revision.
+        **kwargs (Any): passed to ``SentenceTransformer``; they win over this function's defaults
+            (``similarity_fn_name="cosine"``; for a saved folder ``trust_remote_code=True``).
+
+    Returns:
+        ``AltCLIPModule`` -> ``Normalize``: ``encode`` gives float32 [N, projection_dim] arrays (or tensors).
+
+    Raises:
+        ValueError: a saved folder that names module classes from elsewhere, or a checkpoint that does not fit its
+            architecture.
+        FileNotFoundError: the checkpoint cannot be had (see ``AltCLIP.from_pretrained``).
     """
     path = Path(name_or_path).expanduser()
     if (path / "modules.json").is_file():
@@ -302,7 +339,18 @@ def altclip_module(model: SentenceTransformer) -> AltCLIPModule:
 
 def save_checkpoint(model: SentenceTransformer, folder: str | Path) -> Path:
     """Write the (e.g. fine-tuned) AltCLIP of ``model`` as a BAAI/AltCLIP-layout checkpoint folder,
-    which ``transformers.AltCLIPModel``, ``AltCLIP.from_pretrained`` and every adapter load."""
+    which ``transformers.AltCLIPModel``, ``AltCLIP.from_pretrained`` and every adapter load.
+
+    Args:
+        model: a ``SentenceTransformer`` from :func:`load` (its first module an ``AltCLIPModule``).
+        folder: where to write (created if missing).
+
+    Returns:
+        ``folder`` as a ``Path``.
+
+    Raises:
+        TypeError: the model does not start with an ``AltCLIPModule``.
+    """
     altclip_module(model).model.save_pretrained(folder)
     return Path(folder)
 
@@ -317,10 +365,22 @@ def export_native(
     AltCLIP checkpoint (text and image modalities, text length cap, ``Normalize``, cosine).
 
     It loads with a bare ``SentenceTransformer(folder)`` where this package is not installed, and
-    gives the same embeddings. ``model_or_name``: a model from :func:`load`, an ``AltCLIP`` core, or
-    a registry name, hub id or checkpoint folder. ``context_length`` defaults to the model's (77).
-    The folder also holds the BAAI/AltCLIP files the ``Transformer`` module does not write
-    (``BAAI_EXTRA_FILES``); file modes follow the umask.
+    gives the same embeddings (one call per modality: sentence-transformers' module does not mix them). The folder
+    also holds the BAAI/AltCLIP files the ``Transformer`` module does not write (``BAAI_EXTRA_FILES``); file
+    modes follow the umask.
+
+    Args:
+        model_or_name: a model from :func:`load` (its prompts are kept), an ``AltCLIP`` core, or a registry name,
+            hub id or checkpoint folder.
+        folder: where to write (created if missing).
+        context_length: the text token cap (default: the model's, 77).
+
+    Returns:
+        ``folder`` as a ``Path``.
+
+    Raises:
+        TypeError: a ``SentenceTransformer`` that does not start with an ``AltCLIPModule``.
+        ValueError: a ``context_length`` out of range (2 to 512).
     """
     prompts = None
     if isinstance(model_or_name, SentenceTransformer):

@@ -81,7 +81,18 @@ class TextTower(nn.Module):
         return pooled, last, out.hidden_states
 
     def pre_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``transformation_pre`` over the second-to-last layer's states [B, T, project_dim] (AltCLIP-m18)."""
+        """AltCLIP-m18's ``transformation_pre`` head over the second-to-last layer's states.
+
+        Args:
+            input_ids: int64 [B, T].
+            attention_mask: [B, T] (default: ``input_ids != pad_token_id``).
+
+        Returns:
+            [B, T, project_dim], every token's (not only the CLS token's).
+
+        Raises:
+            ValueError: the checkpoint has no such head (only AltCLIP-m18 carries one).
+        """
         if self.transformation_pre is None:
             raise ValueError("this checkpoint has no transformation_pre head (only AltCLIP-m18 carries one)")
         hidden = self.encode(input_ids, attention_mask, output_hidden_states=True).hidden_states

@@ -38,7 +38,24 @@ OPEN_CLIP_KEY = "altclip"  # the key of an open_clip model config that holds the
 
 @dataclass
 class TextConfig:
-    """XLM-RoBERTa encoder plus AltCLIP's text head (defaults: BAAI/AltCLIP)."""
+    """XLM-RoBERTa encoder plus AltCLIP's text head (defaults: BAAI/AltCLIP).
+
+    Attributes:
+        vocab_size: tokens in the XLM-R vocabulary.
+        width: hidden size of the encoder.
+        layers: encoder layers.
+        heads: attention heads per layer.
+        mlp_dim: inner size of each layer's MLP.
+        max_positions: position embeddings (514: 512 tokens plus XLM-R's padding offset).
+        type_vocab_size: token type embeddings.
+        pad_token_id: the padding token's id (also where XLM-R's positions start counting).
+        bos_token_id: the ``<s>`` token's id.
+        eos_token_id: the ``</s>`` token's id.
+        layer_norm_eps: the encoder's LayerNorm epsilon.
+        act: the encoder MLP's activation (a transformers activation name).
+        project_dim: output size of the head's ``transformation`` layer, the input of ``text_projection``.
+        transformation_pre: AltCLIP-m18's extra head on the second-to-last layer.
+    """
 
     vocab_size: int = 250002
     width: int = 1024
@@ -53,13 +70,25 @@ class TextConfig:
     layer_norm_eps: float = 1e-5
     act: str = "gelu"
     project_dim: int = 768
-    transformation_pre: bool = False  # AltCLIP-m18's extra head on the second-to-last layer
+    transformation_pre: bool = False
 
 
 @dataclass
 class VisionConfig:
     """CLIP ViT (defaults: ViT-L/14 at 224, as in BAAI/AltCLIP; these fill registry cards, while a
-    ``config.json`` takes transformers' defaults, see :meth:`AltCLIPConfig.from_hf`)."""
+    ``config.json`` takes transformers' defaults, see :meth:`AltCLIPConfig.from_hf`).
+
+    Attributes:
+        image_size: input height and width in pixels.
+        patch_size: patch height and width in pixels.
+        width: hidden size of the transformer.
+        layers: transformer blocks.
+        heads: attention heads per block.
+        mlp_dim: inner size of each block's MLP.
+        channels: input channels (3: RGB).
+        layer_norm_eps: the LayerNorm epsilon.
+        act: the MLP's activation (``quick_gelu`` for OpenAI's ViTs, ``gelu`` for AltCLIP-m18's).
+    """
 
     image_size: int = 224
     patch_size: int = 14
@@ -74,7 +103,14 @@ class VisionConfig:
 
 @dataclass
 class AltCLIPConfig:
-    """The whole model: both towers, the shared embedding size and the initial logit scale."""
+    """The whole model: both towers, the shared embedding size and the initial logit scale.
+
+    Attributes:
+        text: the text tower.
+        vision: the vision tower.
+        projection_dim: size of the shared embedding space (768 for every released AltCLIP).
+        logit_scale_init: the initial log of the logit scale (2.6592 = log(1 / 0.07), CLIP's).
+    """
 
     text: TextConfig = field(default_factory=TextConfig)
     vision: VisionConfig = field(default_factory=VisionConfig)
@@ -83,7 +119,18 @@ class AltCLIPConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AltCLIPConfig:
-        """Build from our own dict form (as in registry cards and ``to_dict``)."""
+        """Build from our own dict form (as in registry cards and ``to_dict``).
+
+        Args:
+            data: ``{"text": {...}, "vision": {...}, "projection_dim": ..., "logit_scale_init": ...}``, each key
+                optional (a missing one takes the default above).
+
+        Returns:
+            The config.
+
+        Raises:
+            TypeError: a tower dict holds a key the tower's dataclass does not have.
+        """
         return cls(
             text=TextConfig(**data.get("text", {})),
             vision=VisionConfig(**data.get("vision", {})),
@@ -92,12 +139,20 @@ class AltCLIPConfig:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """Our own dict form (what :meth:`from_dict` reads): nested plain dicts, JSON-serialisable."""
         return asdict(self)
 
     def to_open_clip(self, tokenizer: str, context_length: int) -> dict[str, Any]:
-        """open_clip's model config for this architecture (what ``open_clip_config.json`` holds as ``model_cfg``):
-        ``tokenizer`` is a hub id or a folder that open_clip's ``HFTokenizer`` loads, ``context_length`` its padded
-        length in tokens; the architecture itself goes under :data:`OPEN_CLIP_KEY`."""
+        """open_clip's model config for this architecture (what ``open_clip_config.json`` holds as ``model_cfg``).
+
+        Args:
+            tokenizer: a hub id or a folder that open_clip's ``HFTokenizer`` loads.
+            context_length: the tokenizer's padded length in tokens.
+
+        Returns:
+            open_clip's keys (``embed_dim``, ``custom_text``, ``vision_cfg``, ``text_cfg``) plus the architecture
+            itself under :data:`OPEN_CLIP_KEY`, which is what the registration dispatches on.
+        """
         return {
             "embed_dim": self.projection_dim,
             "custom_text": True,  # sends open_clip's create_model to CustomTextCLIP, where the dispatch sits
@@ -114,8 +169,16 @@ class AltCLIPConfig:
         A key the file omits takes the default of transformers' ``AltCLIPTextConfig`` / ``AltCLIPVisionConfig`` /
         ``AltCLIPConfig`` (transformers 4 wrote sub-configs as differences from those defaults; the vision
         defaults are a ViT-B/32, not BAAI/AltCLIP's ViT-L/14), and the legacy ``text_config_dict`` /
-        ``vision_config_dict`` keys override as they do there. Raises ValueError if it is not an AltCLIP config
-        or transformers rejects it.
+        ``vision_config_dict`` keys override as they do there.
+
+        Args:
+            data: the parsed ``config.json``.
+
+        Returns:
+            The config.
+
+        Raises:
+            ValueError: ``model_type`` is not ``"altclip"``, or transformers rejects the config.
         """
         from huggingface_hub.errors import StrictDataclassError
         from transformers import AltCLIPConfig as HFAltCLIPConfig
@@ -137,7 +200,7 @@ class AltCLIPConfig:
         )
 
     def to_hf(self) -> dict[str, Any]:
-        """The transformers ``AltCLIPConfig`` dict for this model (what ``config.json`` holds)."""
+        """The transformers ``AltCLIPConfig`` dict for this model (what ``config.json`` holds, every key written)."""
         text = {hf: getattr(self.text, ours) for ours, hf in _TEXT_HF_KEYS.items()}
         vision = {hf: getattr(self.vision, ours) for ours, hf in _VISION_HF_KEYS.items()}
         return {

@@ -18,7 +18,17 @@ from altclip_adapters.model._vision import VisionTower
 
 @dataclass
 class AltCLIPOutput:
-    """What :meth:`AltCLIP.forward` returns; embeddings are L2-normalised as in transformers."""
+    """What :meth:`AltCLIP.forward` returns, as ``transformers.AltCLIPModel`` does.
+
+    Attributes:
+        logits_per_image: [images, texts], scaled cosine similarities (``logit_scale.exp()`` times the cosine).
+        logits_per_text: [texts, images], its transpose.
+        text_embeds: [texts, projection_dim], L2-normalised.
+        image_embeds: [images, projection_dim], L2-normalised.
+        loss: CLIP's contrastive loss (a scalar), when asked for.
+        text_hidden_states: the text encoder's hidden states, embeddings first, when asked for.
+        vision_hidden_states: the vision tower's, likewise.
+    """
 
     logits_per_image: torch.Tensor
     logits_per_text: torch.Tensor
@@ -30,8 +40,16 @@ class AltCLIPOutput:
 
 
 def architecture_mismatch(found: dict[str, tuple[int, ...]], config: AltCLIPConfig) -> Mismatch:
-    """How tensor shapes ``found`` (a checkpoint's, in any key spelling :mod:`.hf` reads) differ from the AltCLIP of
-    ``config`` (``altclip convert --arch``'s check). Builds the model on the meta device: no memory, no weights."""
+    """How a checkpoint's tensor shapes differ from the AltCLIP of ``config`` (``altclip convert --arch``'s check).
+    Builds the model on the meta device: no memory, no weights.
+
+    Args:
+        found: key -> shape, in any key spelling :mod:`altclip_adapters.model.hf` reads.
+        config: the architecture to check against.
+
+    Returns:
+        The missing, unexpected and mis-shaped keys (empty when the checkpoint fits).
+    """
     from altclip_adapters.model import hf
 
     with torch.device("meta"):
@@ -40,13 +58,21 @@ def architecture_mismatch(found: dict[str, tuple[int, ...]], config: AltCLIPConf
 
 
 def contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
-    """CLIP's symmetric cross-entropy over a square similarity matrix."""
+    """CLIP's symmetric cross-entropy over a square similarity matrix [N, N] (row i's match is column i): a
+    scalar."""
     labels = torch.arange(logits_per_text.shape[0], device=logits_per_text.device)
     return (F.cross_entropy(logits_per_text, labels) + F.cross_entropy(logits_per_text.t(), labels)) / 2
 
 
 class AltCLIP(nn.Module):
-    """The AltCLIP model shared by every adapter. Numbers equal ``transformers.AltCLIPModel``."""
+    """The AltCLIP model shared by every adapter. Numbers equal ``transformers.AltCLIPModel`` (fp32, within 1e-5).
+
+    Built empty (random weights) from a config; :meth:`from_pretrained` is the usual way in. ``processor`` is the
+    checkpoint's :class:`~altclip_adapters.model.processor.AltCLIPProcessor` once loaded, else None.
+
+    Args:
+        config: the architecture.
+    """
 
     def __init__(self, config: AltCLIPConfig):
         super().__init__()
@@ -72,6 +98,16 @@ class AltCLIP(nn.Module):
         The checkpoint's tokenizer and preprocessing come along as ``model.processor``. The work is
         :func:`altclip_adapters.model.hf.load_pretrained`'s, given this class to build.
 
+        Args:
+            name_or_path: a registry name, a hub id or a folder in the BAAI/transformers layout (``pytorch_model.bin``,
+                ``model.safetensors`` or sharded ``*.index.json``, transformers 4 or 5 key spellings).
+            device: where the model goes (default: the CPU).
+            dtype: the floating-point dtype of the weights (default: float32; ``torch.bfloat16``, ``torch.float16``).
+            revision: the hub revision (branch, tag or commit).
+
+        Returns:
+            The model in eval mode, with its processor.
+
         Raises:
             FileNotFoundError: no such folder, name or cached hub id.
             ValueError: a checkpoint whose tensors do not fit the architecture (every missing, unexpected and
@@ -84,21 +120,28 @@ class AltCLIP(nn.Module):
     def save_pretrained(self, folder: str | Path) -> None:
         """Write a BAAI/AltCLIP-layout folder (config.json, model.safetensors, tokenizer and
         preprocessor files) that ``transformers.AltCLIPModel`` and ``AltCLIPProcessor`` load
-        (:func:`altclip_adapters.model.hf.save_pretrained`)."""
+        (:func:`altclip_adapters.model.hf.save_pretrained`); every file atomically, modes following the umask.
+
+        Args:
+            folder: the folder to write (created if missing); files of the same names are replaced.
+        """
         from altclip_adapters.model import hf
 
         hf.save_pretrained(self, folder)
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the weights."""
         return self.logit_scale.dtype
 
     @property
     def device(self) -> torch.device:
+        """Where the weights are."""
         return self.logit_scale.device
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute block activations in the backward pass of both towers to save memory."""
+        """Recompute block activations in the backward pass of both towers to save memory (``enable=False``
+        switches it off)."""
         self.vision.grad_checkpointing = enable
         if enable:
             self.text.encoder.activation_checkpointing_enable({"use_reentrant": False})
@@ -108,8 +151,16 @@ class AltCLIP(nn.Module):
     def encode_text(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, normalize: bool = False
     ) -> torch.Tensor:
-        """Text embeddings [B, projection_dim]; ``attention_mask`` defaults to ``input_ids != pad``.
-        An empty batch (B = 0) gives [0, projection_dim]."""
+        """Text embeddings, as ``AltCLIPModel.get_text_features`` gives them.
+
+        Args:
+            input_ids: int64 [B, T], as the processor gives them.
+            attention_mask: [B, T], 1 for tokens and 0 for padding (default: ``input_ids != pad``).
+            normalize: whether to L2-normalise each embedding.
+
+        Returns:
+            [B, projection_dim] in the model's dtype; [0, projection_dim] for an empty batch.
+        """
         if input_ids.shape[0] == 0:  # the encoder cannot reshape an empty batch (transformers' neither)
             return torch.zeros(0, self.config.projection_dim, dtype=self.dtype, device=self.device)
         pooled, _, _ = self.text(input_ids, attention_mask)
@@ -119,7 +170,17 @@ class AltCLIP(nn.Module):
     def encode_image(
         self, pixel_values: torch.Tensor, *, normalize: bool = False, interpolate_pos_encoding: bool = False
     ) -> torch.Tensor:
-        """Image embeddings [B, projection_dim]; an empty batch (B = 0) gives [0, projection_dim]."""
+        """Image embeddings, as ``AltCLIPModel.get_image_features`` gives them.
+
+        Args:
+            pixel_values: float32 [B, 3, H, W], as the processor gives them.
+            normalize: whether to L2-normalise each embedding.
+            interpolate_pos_encoding: interpolate the position embedding for an image size other than the
+                config's.
+
+        Returns:
+            [B, projection_dim] in the model's dtype; [0, projection_dim] for an empty batch.
+        """
         if pixel_values.shape[0] == 0:
             return torch.zeros(0, self.config.projection_dim, dtype=self.dtype, device=self.device)
         pooled = self.vision.pool(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
@@ -137,7 +198,22 @@ class AltCLIP(nn.Module):
         interpolate_pos_encoding: bool = False,
     ) -> AltCLIPOutput:
         """Both logit matrices (scaled cosine similarities), normalised embeddings and, on request,
-        the contrastive loss (needs as many texts as images) and both towers' hidden states."""
+        the contrastive loss and both towers' hidden states.
+
+        Args:
+            input_ids: int64 [N, T].
+            pixel_values: float32 [M, 3, H, W].
+            attention_mask: [N, T] (default: ``input_ids != pad``).
+            return_loss: compute CLIP's contrastive loss (needs N == M: text i matches image i).
+            output_hidden_states: return both towers' hidden states.
+            interpolate_pos_encoding: as in :meth:`encode_image`.
+
+        Returns:
+            An :class:`AltCLIPOutput`.
+
+        Raises:
+            ValueError: ``return_loss`` with N != M.
+        """
         text_pooled, _, text_states = self.text(input_ids, attention_mask, output_hidden_states=output_hidden_states)
         if output_hidden_states:
             image_pooled, _, image_states = self.vision(

@@ -38,7 +38,13 @@ WEIGHT_FILES = ["model.safetensors", "pytorch_model.bin"]  # in order of prefere
 
 
 class Weights:
-    """Lazy access to the tensors of one checkpoint (single file or shards)."""
+    """Lazy access to the tensors of one checkpoint (single file or shards): a file is opened on its first key.
+
+    Args:
+        files: tensor key -> the file holding it.
+        source: what to name in messages (the weight file or the shard index).
+        opened: handles already open, by file.
+    """
 
     def __init__(self, files: dict[str, Path], source: str, opened: dict[Path, object] | None = None):
         self._files = files  # key -> file holding it
@@ -46,6 +52,7 @@ class Weights:
         self.source = source
 
     def keys(self) -> list[str]:
+        """Every tensor key, as the files spell it."""
         return list(self._files)
 
     def _handle(self, key: str):
@@ -55,6 +62,8 @@ class Weights:
         return self._open[path]
 
     def get(self, key: str) -> torch.Tensor:
+        """The tensor ``key`` (CPU, as stored); KeyError for a key no file holds, ValueError for an unreadable
+        file."""
         handle = self._handle(key)
         return handle.get_tensor(key) if hasattr(handle, "get_tensor") else handle[key]
 
@@ -98,7 +107,16 @@ def _open_file(path: Path):
 def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """The shape of every tensor of one checkpoint file, read as ``open_clip.load_checkpoint`` reads it (a
     ``state_dict`` entry if there is one, a ``module.`` prefix dropped); memory-mapped, no tensor data is read.
-    Raises ValueError for a file that is unreadable or holds no tensors."""
+
+    Args:
+        path: a ``.safetensors`` file, or a torch pickle (read with ``weights_only=True``).
+
+    Returns:
+        Tensor key -> shape.
+
+    Raises:
+        ValueError: the file is unreadable (corrupted, truncated) or holds no tensors.
+    """
     import torch
 
     state = _read(path)
@@ -113,7 +131,14 @@ def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 
 def open_weights(folder: Path) -> Weights:
-    """The weights in ``folder``: model.safetensors, pytorch_model.bin, or either sharded (*.index.json)."""
+    """The weights in ``folder``: model.safetensors, pytorch_model.bin, or either sharded (*.index.json), in that
+    order of preference.
+
+    Raises:
+        FileNotFoundError: the folder holds none of them, or an index names a shard that is missing.
+        ValueError: a weight file is unreadable or not a flat state dict of tensors, or an index has no
+            ``weight_map``.
+    """
     for name in WEIGHT_FILES:
         single, index = folder / name, folder / f"{name}.index.json"
         if single.is_file():
@@ -137,7 +162,16 @@ def open_weights(folder: Path) -> Weights:
 def resolve_checkpoint(name_or_path: str | Path, *, revision: str | None = None) -> Path:
     """A local folder for a registry name, a hub repo id or a local folder (returned as is).
 
-    Raises ValueError for a file, FileNotFoundError for anything else that cannot be had (see :func:`download`).
+    Args:
+        name_or_path: a registry name (``"AltCLIP"``), a hub id (``"BAAI/AltCLIP"``) or a folder.
+        revision: the hub revision (branch, tag or commit); ignored for a local folder.
+
+    Returns:
+        The folder: the local one, or the hub snapshot in the Hugging Face cache.
+
+    Raises:
+        ValueError: ``name_or_path`` is a file.
+        FileNotFoundError: anything else that cannot be had, in one line saying what to do (see :func:`download`).
     """
     source = checkpoint_source(name_or_path)
     return source if isinstance(source, Path) else download(source, revision=revision)
@@ -145,8 +179,12 @@ def resolve_checkpoint(name_or_path: str | Path, *, revision: str | None = None)
 
 def checkpoint_source(name_or_path: str | Path) -> Path | str:
     """The local folder ``name_or_path`` names, or the hub repo id it stands for (a registry name gives its
-    card's repo id); touches no network. Raises ValueError for a file and FileNotFoundError for a string that
-    is none of these."""
+    card's repo id); touches no network.
+
+    Raises:
+        ValueError: ``name_or_path`` is a file.
+        FileNotFoundError: it is neither a folder, a registry name nor shaped like a hub id (``owner/name``).
+    """
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
@@ -163,12 +201,16 @@ def checkpoint_source(name_or_path: str | Path) -> Path | str:
 
 
 def hub_unreachable(endpoint: str | None = None, timeout: float = HUB_PROBE_TIMEOUT) -> str | None:
-    """None when a TCP connection to the hub opens within ``timeout`` seconds, else why not (a few words).
+    """Whether the hub accepts a TCP connection: huggingface_hub itself retries a failed connection with back-off
+    for ~15-50 s before it falls back to its cache; this probe lets a caller decide in at most ``timeout`` seconds.
 
-    ``endpoint`` defaults to huggingface_hub's (``HF_ENDPOINT``); when the environment names a proxy for it
-    (``HTTPS_PROXY`` etc., honouring ``NO_PROXY``), the proxy is what is tried. huggingface_hub itself retries a
-    failed connection with back-off for ~15-50 s before it falls back to its cache; this probe lets a caller
-    decide in at most ``timeout`` seconds.
+    Args:
+        endpoint: the hub's URL (default: huggingface_hub's, ``HF_ENDPOINT``). When the environment names a proxy
+            for it (``HTTPS_PROXY`` etc., honouring ``NO_PROXY``), the proxy is what is tried.
+        timeout: seconds to wait for the connection.
+
+    Returns:
+        None when the connection opened, else why not, in a few words (``"host:443: timed out"``).
     """
     if endpoint is None:
         from huggingface_hub import constants
@@ -196,8 +238,18 @@ def download(repo_id: str, *, revision: str | None = None) -> Path:
     """The hub snapshot of ``repo_id`` with its config, tokenizer, preprocessing and one weight format.
 
     Reads the local Hugging Face cache without asking the hub when ``HF_HUB_OFFLINE=1`` is set or when the hub
-    does not accept a connection within ``HUB_PROBE_TIMEOUT`` seconds (:func:`hub_unreachable`). Raises
-    FileNotFoundError, in one line saying what to do, when the snapshot can be had neither way.
+    does not accept a connection within ``HUB_PROBE_TIMEOUT`` seconds (:func:`hub_unreachable`).
+
+    Args:
+        repo_id: ``owner/name`` on the hub.
+        revision: a branch, tag or commit (default: ``main``).
+
+    Returns:
+        The snapshot folder in the Hugging Face cache.
+
+    Raises:
+        FileNotFoundError: the snapshot can be had neither from the hub nor from the cache, or the repo has no
+            weights; the message is one line saying what to do.
     """
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
@@ -239,7 +291,14 @@ def write_slow_tokenizer_files(tokenizer, folder: Path) -> None:
 
     The sentencepiece model is the file the tokenizer was loaded from (transformers keeps its path as
     ``vocab_file``) or, for a tokenizer loaded without one, rebuilt from its unigram vocabulary and
-    normalizer (:func:`sentencepiece_model`). Raises ValueError for a tokenizer that is not XLM-R's kind.
+    normalizer (:func:`sentencepiece_model`). Both files are written atomically.
+
+    Args:
+        tokenizer (transformers.PreTrainedTokenizerBase): an XLM-R tokenizer (fast or slow).
+        folder: the checkpoint folder being written.
+
+    Raises:
+        ValueError: the tokenizer is not XLM-R's kind (a unigram vocabulary in fairseq's order).
     """
     source = getattr(tokenizer, "vocab_file", None)
     target = folder / SENTENCEPIECE_MODEL
@@ -265,8 +324,10 @@ def sentencepiece_model(tokenizer) -> bytes:
     """A serialised sentencepiece ``ModelProto`` equal in effect to an XLM-R fast tokenizer: its unigram pieces
     and scores in sentencepiece's order (``<unk>``, ``<s>``, ``</s>``, then the pieces; the fast tokenizer's
     fairseq order is ``<s>``, ``<pad>``, ``</s>``, ``<unk>``, the pieces, ``<mask>``), and its precompiled
-    normalisation map. The inverse of transformers' ``SentencePieceExtractor``; raises ValueError for a
-    tokenizer of another layout.
+    normalisation map. The inverse of transformers' ``SentencePieceExtractor``.
+
+    Raises:
+        ValueError: a tokenizer of another layout.
     """
     from sentencepiece import sentencepiece_model_pb2 as pb
 

@@ -91,7 +91,12 @@ def hf_keys(keys: Iterable[str]) -> dict[str, str]:
 
 def read_config(folder: Path) -> AltCLIPConfig:
     """The architecture of a BAAI-layout folder: its config.json, and ``transformation_pre`` from its weights'
-    keys (AltCLIP-m18's extra head; config.json does not record it). Raises FileNotFoundError / ValueError."""
+    keys (AltCLIP-m18's extra head; config.json does not record it).
+
+    Raises:
+        FileNotFoundError: the folder has no config.json or no weights.
+        ValueError: config.json is not valid JSON or not an AltCLIP config, or a weight file is unreadable.
+    """
     return _open_folder(folder)[0]
 
 
@@ -116,8 +121,23 @@ def load_hf_checkpoint(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
 ) -> AltCLIP:
-    """A ``model_class`` from a folder in the BAAI/transformers layout (config.json + weights), strictly: ValueError
-    lists every missing, unexpected and mis-shaped tensor before any is read."""
+    """A ``model_class`` from a folder in the BAAI/transformers layout (config.json + weights), strictly.
+
+    Args:
+        model_class: the class to build (``AltCLIP`` or a subclass), given by the caller so that this module needs
+            no import of the core.
+        folder: the checkpoint folder.
+        device: where the model goes (default: the CPU).
+        dtype: the floating-point dtype of the weights (default: float32).
+
+    Returns:
+        The model in eval mode, without a processor.
+
+    Raises:
+        FileNotFoundError: as :func:`read_config`.
+        ValueError: every missing, unexpected and mis-shaped tensor, listed before any is read; or an unreadable
+            file.
+    """
     config, weights = _open_folder(Path(folder))
     with torch.device("meta"):
         model = model_class(config)
@@ -140,15 +160,32 @@ def load_hf_checkpoint(
 def import_hf_state(
     state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str
 ) -> dict[str, torch.Tensor]:
-    """The core state dict (keys and shapes as ``expected``) for a BAAI/transformers AltCLIP state dict, strictly."""
+    """The core state dict (keys and shapes as ``expected``) for a BAAI/transformers AltCLIP state dict, strictly.
+
+    Args:
+        state: the BAAI/transformers state dict (either key spelling).
+        expected: the core's state dict (meta tensors will do): the keys and shapes to produce.
+        source: what to name in the error.
+
+    Raises:
+        ValueError: every missing, unexpected and mis-shaped tensor.
+    """
     keys = hf_keys(state)
     found = {key: tuple(state[name].shape) for key, name in keys.items()}
     return import_state_dict(HF_TABLE, expected, lambda key: state[keys[key]], found, source=source)
 
 
 def state_mismatch(found: dict[str, tuple[int, ...]], state: dict[str, torch.Tensor]) -> Mismatch:
-    """How tensor shapes ``found`` (BAAI/transformers keys, or the core's / open_clip's own keys; open_clip's
-    optional SigLIP ``logit_bias`` aside) differ from the core state dict ``state`` (meta tensors will do)."""
+    """How tensor shapes ``found`` differ from the core state dict ``state``.
+
+    Args:
+        found: key -> shape, in BAAI/transformers keys or the core's / open_clip's own keys (open_clip's optional
+            SigLIP ``logit_bias`` aside).
+        state: the core's state dict (meta tensors will do).
+
+    Returns:
+        The missing, unexpected and mis-shaped keys (empty when the shapes fit).
+    """
     if is_hf_layout(found):
         found = {key: found[name] for key, name in hf_keys(found).items()}
         return compare(foreign_shapes(HF_TABLE, state), found)
@@ -157,7 +194,8 @@ def state_mismatch(found: dict[str, tuple[int, ...]], state: dict[str, torch.Ten
 
 
 def save_hf_checkpoint(model: AltCLIP, folder: str | Path) -> None:
-    """Write config.json and model.safetensors in the BAAI/AltCLIP layout (atomically; modes follow the umask)."""
+    """Write config.json and model.safetensors (the BAAI key spelling, the model's dtype) into ``folder``,
+    atomically, with modes that follow the umask; the folder must exist."""
     folder = Path(folder)
     write_json(folder / "config.json", model.config.to_hf())
     state = export_state_dict(HF_TABLE, {k: v.detach().cpu() for k, v in model.state_dict().items()})
@@ -173,7 +211,19 @@ def load_pretrained(
     dtype: torch.dtype | None = None,
     revision: str | None = None,
 ) -> AltCLIP:
-    """``AltCLIP.from_pretrained``: a registry name, hub id or local folder, with its processor attached."""
+    """``AltCLIP.from_pretrained``: a registry name, hub id or local folder, with its processor attached.
+
+    Args:
+        model_class: the class to build (``AltCLIP`` passes itself).
+        name_or_path: a registry name (``"AltCLIP"``), a hub id (``"BAAI/AltCLIP"``) or a folder.
+        device: where the model goes (default: the CPU).
+        dtype: the floating-point dtype of the weights (default: float32).
+        revision: the hub revision.
+
+    Raises:
+        FileNotFoundError: as :func:`altclip_adapters.model.files.resolve_checkpoint` and :func:`read_config`.
+        ValueError: as :func:`load_hf_checkpoint`.
+    """
     folder = resolve_checkpoint(name_or_path, revision=revision)
     model = load_hf_checkpoint(model_class, folder, device=device, dtype=dtype)
     model.processor = AltCLIPProcessor.from_pretrained(folder)
@@ -181,7 +231,8 @@ def load_pretrained(
 
 
 def save_pretrained(model: AltCLIP, folder: str | Path) -> None:
-    """``AltCLIP.save_pretrained``: the weights and config, and the processor's files when it has one."""
+    """``AltCLIP.save_pretrained``: the weights and config (:func:`save_hf_checkpoint`), and the processor's files
+    (tokenizer, preprocessing) when the model has one."""
     save_hf_checkpoint(model, folder)
     if model.processor is not None:
         model.processor.save_pretrained(folder)

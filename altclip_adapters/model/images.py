@@ -1,32 +1,12 @@
 """The one loader through which every image enters the package, with one set of rules.
 
-``load_image`` turns any supported input into an upright 8-bit RGB PIL image:
-
-- **Orientation.** Every encoded form (path, ``Path``, bytes, binary file object, ``data:`` URI, http(s)
-  URL) is turned upright by its EXIF Orientation tag (all 8 values, ``PIL.ImageOps.exif_transpose``), as
-  transformers' file decoding and ``transformers.image_utils.load_image`` do. A PIL image or an array the
-  caller decoded is used as given, as transformers' processors do.
-- **Transparency.** Alpha is dropped and the stored colours kept (``Image.convert("RGB")``) for every form
-  and mode (RGBA, LA, PA, P with a transparency key): what transformers' file decoding (torchvision), OpenAI
-  CLIP's and open_clip's ``_convert_to_rgb`` do, so a path gives the same pixels here and in a
-  sentence-transformers-native export. transformers composites *PIL images* onto white instead.
-- **Bit depth.** 16-bit samples (modes I;16, I;16L, I;16B, I;16N) keep their high byte (``v >> 8``), as
-  Pillow itself decodes 16-bit RGB, RGBA and LA PNGs and as torchvision's ``to_dtype(uint16 -> uint8,
-  scale=True)`` does; mode I (32-bit integers, in practice 16-bit data) is clipped to 0..65535 first. Mode F
-  keeps PIL's own scale (values are 8-bit levels: clipped to 0..255, fraction dropped, NaN -> 0, as
-  ``convert("L")``). Every other mode goes through ``convert("RGB")`` (1, L, P, CMYK, YCbCr, ...).
-- **Size.** An encoded image with more than ``max_image_pixels`` pixels (header size, checked before any
-  pixel is decoded) is unreadable; PIL's own decompression-bomb limit is replaced by this one, without
-  changing ``PIL.Image.MAX_IMAGE_PIXELS`` for the process.
-- **Errors.** Any failure to open or decode one image, whatever PIL raises, is an ``UnreadableImageError``
-  (a ``ValueError``) naming the source; a missing file is a ``FileNotFoundError`` naming the path; an
-  unsupported input type is a ``TypeError`` naming the type.
-
-Multi-frame files (GIF, APNG, TIFF pages) give their first frame.
-
-**Formats** are Pillow's: every format it decodes (JPEG, JFIF, PNG, WebP, AVIF, GIF, TIFF, BMP, ...), plus
-HEIF/HEIC through pillow-heif when it is installed (extra ``heif``; registered on first use by
-:func:`register_plugins`). Without it, a HEIF file is unreadable with a message naming the extra to install.
+``load_image`` turns any supported input into an upright 8-bit RGB PIL image: every encoded form (path, bytes,
+file object, ``data:`` URI, URL) is turned upright by its EXIF orientation, while a PIL image or array the caller
+decoded is used as given; alpha is dropped and the stored colours kept; 16-bit samples keep their high byte; an
+encoded image over ``max_image_pixels`` (read from its header, before any pixel is decoded) is unreadable; a
+multi-frame file gives its first frame; any failure to open or decode one image is an ``UnreadableImageError``
+naming it. Formats are Pillow's, plus HEIF/HEIC through pillow-heif (extra ``heif``). The rules in full, and why
+each is what it is (transformers' decoding, OpenAI CLIP's and open_clip's): docs/core.md, "Image rules".
 """
 
 from __future__ import annotations
@@ -73,21 +53,30 @@ def load_image(
     allow_urls: bool = True,
     draft: int | None = None,
 ) -> Image.Image:
-    """An upright 8-bit RGB PIL image from any supported input, by the rules in this module's docstring.
+    """An upright 8-bit RGB PIL image from any supported input, by the package's one set of image rules.
 
-    ``image``: a file path (``str`` or ``os.PathLike``), ``bytes`` / ``bytearray`` / ``memoryview`` of an
-    encoded file, a binary file object (``BytesIO``, an open file), a ``data:`` URI, an ``http(s)://`` URL
-    (fetched with a 30 s timeout and a 100 MB cap, only when ``allow_urls``), a PIL image, or a uint8
-    ``numpy`` array / ``torch`` tensor of shape HxW, HxWxC or CxHxW with C in 1, 3, 4 (a 4th channel is
-    alpha, dropped). ``max_image_pixels``: the largest width x height read from an encoded form; ``None``
-    for no limit. ``draft``: decode JPEGs at the coarsest DCT scale (1/2, 1/4 or 1/8, libjpeg's reduced
-    decoding through ``PIL.Image.draft``) that keeps the shortest edge at least ``draft`` pixels, for callers
-    that downscale anyway (an approximation of the full decode: off by default; see benchmarks/decode.py).
+    Args:
+        image: a file path (``str`` or ``os.PathLike``), ``bytes`` / ``bytearray`` / ``memoryview`` of an encoded
+            file, a binary file object (``BytesIO``, an open file), a ``data:`` URI, an ``http(s)://`` URL, a PIL
+            image, or a uint8 ``numpy`` array / ``torch`` tensor of shape HxW, HxWxC or CxHxW with C in 1, 3, 4
+            (a 4th channel is alpha, dropped).
+        max_image_pixels: the largest width x height read from an encoded form, checked on the header before
+            decoding; ``None`` for no limit. PIL's own limit is not changed for the rest of the process.
+        allow_urls: whether an ``http(s)://`` URL may be fetched (30 s timeout, 100 MB cap).
+        draft: decode JPEGs at the coarsest DCT scale (1/2, 1/4 or 1/8, libjpeg's reduced decoding through
+            ``PIL.Image.draft``) that keeps the shortest edge at least ``draft`` pixels, for callers that
+            downscale anyway; an approximation of the full decode, so off (None) by default.
 
-    Raises ``UnreadableImageError`` (a ``ValueError``) naming the source for any open or decode failure,
-    ``FileNotFoundError`` for a missing file, ``TypeError`` for an unsupported type or array dtype,
-    ``ValueError`` for an array of unsupported shape or a URL when ``allow_urls`` is false. An RGB PIL
-    image is returned as given (not copied).
+    Returns:
+        A PIL image in mode RGB; an RGB PIL image given is returned as it is (not copied).
+
+    Raises:
+        UnreadableImageError: (a ``ValueError``) any failure to open or decode the image, over
+            ``max_image_pixels``, or a HEIF file without pillow-heif; the message names the source.
+        FileNotFoundError: a path that does not exist.
+        TypeError: an unsupported input type or array dtype.
+        ValueError: an array of unsupported shape, a URL when ``allow_urls`` is false, or a ``max_image_pixels``
+            that is not a positive integer or None.
     """
     check_max_image_pixels(max_image_pixels)
     if isinstance(image, Image.Image):
@@ -104,7 +93,11 @@ def load_image(
 
 def register_plugins() -> bool:
     """Register the optional Pillow plugins that are installed (pillow-heif's HEIF/HEIC opener), once per
-    process; called by every decode, so callers need not. Returns whether HEIF files can be read."""
+    process; called by every decode, so callers need not.
+
+    Returns:
+        Whether HEIF files can be read (pillow-heif is installed).
+    """
     global _heif
     if _heif is None:
         try:
@@ -149,7 +142,7 @@ def needs_plugin(header: bytes) -> str | None:
 
 
 def header_size(path: str | os.PathLike) -> tuple[int, int] | None:
-    """(width, height) of the image file ``path`` as stored (before EXIF orientation), from its header
+    """(width, height) in pixels of the image file ``path`` as stored (before EXIF orientation), from its header
     alone; None when it is not a file or not an image Pillow (with :func:`register_plugins`) can open."""
     try:
         with open(path, "rb") as file, _open(file) as header:
@@ -159,7 +152,11 @@ def header_size(path: str | os.PathLike) -> tuple[int, int] | None:
 
 
 def check_max_image_pixels(max_image_pixels: int | None) -> int | None:
-    """``max_image_pixels`` itself when it is a positive integer or None; else ValueError."""
+    """``max_image_pixels`` itself when it is a positive integer or None.
+
+    Raises:
+        ValueError: anything else (a bool, a float, zero or less).
+    """
     if max_image_pixels is not None and (
         isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, int) or max_image_pixels < 1
     ):
@@ -190,11 +187,20 @@ def describe(image: object) -> str:
 
 
 def jpeg_orientation(data: bytes, *, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> int | None:
-    """The EXIF orientation (1-8) of ``data`` when it is a whole YCbCr or greyscale JPEG within the pixel
-    limit, the files that torchvision's ``decode_jpeg`` (nvJPEG on a GPU) decodes to ``load_image``'s pixels
-    once :func:`orient` is applied; ``None`` for anything else, which must go through :func:`load_image`: CMYK,
-    other formats, too large, unreadable, or not ending with the JPEG end marker (a truncated file, which a
-    lenient decoder might fill in, or a motion photo's appended video). Reads the header only."""
+    """Whether torchvision's ``decode_jpeg`` (nvJPEG on a GPU) may decode ``data``, and how to turn it upright.
+
+    Those are the files it decodes to ``load_image``'s pixels once :func:`orient` is applied: whole YCbCr or
+    greyscale JPEGs within the pixel limit. Reads the header only.
+
+    Args:
+        data: the encoded file.
+        max_image_pixels: as in :func:`load_image`.
+
+    Returns:
+        The EXIF orientation (1-8; 1 when the tag is absent or invalid), or None for anything that must go through
+        :func:`load_image`: CMYK, other formats, too large, unreadable, or not ending with the JPEG end marker (a
+        truncated file, which a lenient decoder might fill in, or a motion photo's appended video).
+    """
     if not data.rstrip(b"\0").endswith(b"\xff\xd9"):
         return None
     try:
@@ -211,8 +217,15 @@ def jpeg_orientation(data: bytes, *, max_image_pixels: int | None = DEFAULT_MAX_
 
 
 def orient(pixels: torch.Tensor, orientation: int) -> torch.Tensor:
-    """Pixels [..., H, W] turned upright by an EXIF orientation (1-8; others leave them as they are), on
-    whatever device they are: what ``PIL.ImageOps.exif_transpose`` does to a PIL image."""
+    """What ``PIL.ImageOps.exif_transpose`` does to a PIL image, on a tensor on any device.
+
+    Args:
+        pixels: [..., H, W], any dtype.
+        orientation: the EXIF orientation, 1-8 (any other value leaves the pixels as they are).
+
+    Returns:
+        The pixels upright: [..., H, W], or [..., W, H] for orientations 5-8.
+    """
     if orientation == 2:
         return pixels.flip(-1)
     if orientation == 3:

@@ -34,11 +34,23 @@ MAX_RESIZE_RATIO = 32  # past this many crops' worth of resized pixels, only the
 
 @dataclass
 class ImageTransform:
-    """Resize the shortest edge, centre-crop, rescale and normalise: ``CLIPImageProcessor``'s arithmetic."""
+    """Resize the shortest edge, centre-crop, rescale and normalise: ``CLIPImageProcessor``'s arithmetic.
+
+    Attributes:
+        shortest_edge: the shortest edge after resizing, in pixels.
+        crop_size: (height, width) of the centre crop, in pixels.
+        resample: PIL's filter code: 3 (bicubic) or 2 (bilinear).
+        rescale_factor: what 8-bit values are multiplied by before normalising (1 / 255).
+        mean: per RGB channel, of rescaled values.
+        std: per RGB channel, of rescaled values.
+
+    Raises:
+        ValueError: (on construction) a ``resample`` other than 2 or 3.
+    """
 
     shortest_edge: int = 224
     crop_size: tuple[int, int] = (224, 224)
-    resample: int = 3  # PIL.Image.BICUBIC
+    resample: int = 3
     rescale_factor: float = 1 / 255
     mean: tuple[float, ...] = OPENAI_CLIP_MEAN
     std: tuple[float, ...] = OPENAI_CLIP_STD
@@ -52,6 +64,8 @@ class ImageTransform:
 
     @classmethod
     def from_preprocessor_config(cls, data: dict[str, Any]) -> ImageTransform:
+        """The transform a ``preprocessor_config.json`` (``CLIPImageProcessor``'s keys) describes; a missing key
+        takes CLIP's value."""
         size, crop = data.get("size", {}), data.get("crop_size", {})
         size = size.get("shortest_edge", 224) if isinstance(size, dict) else int(size)
         crop = (crop.get("height", 224), crop.get("width", 224)) if isinstance(crop, dict) else (int(crop), int(crop))
@@ -65,6 +79,7 @@ class ImageTransform:
         )
 
     def to_preprocessor_config(self) -> dict[str, Any]:
+        """The ``preprocessor_config.json`` of ``CLIPImageProcessor`` for this transform (transformers loads it)."""
         return {
             "image_processor_type": "CLIPImageProcessor",
             "do_resize": True,
@@ -81,24 +96,42 @@ class ImageTransform:
         }
 
     def resize_size(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) in pixels after resizing an image of ``height`` x ``width`` to ``shortest_edge``, rounded
+        down as transformers rounds it."""
         s = self.shortest_edge
         if min(height, width) == s:
             return height, width
         return (int(s * height / width), s) if width < height else (s, int(s * width / height))
 
     def uint8(self, image: ImageInput, *, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> torch.Tensor:
-        """Resized and cropped uint8 pixels [3, H, W] of any input :func:`load_image` takes (the part that can
-        run in data-loader workers); raises as ``load_image`` does."""
+        """Resized and cropped pixels of one image: the part of preprocessing that can run in data-loader workers.
+
+        Args:
+            image: anything :func:`load_image` takes.
+            max_image_pixels: as in :func:`load_image`.
+
+        Returns:
+            uint8 [3, crop height, crop width] on the CPU.
+
+        Raises:
+            UnreadableImageError: and the other errors of :func:`load_image`.
+        """
         image = load_image(image, max_image_pixels=max_image_pixels)
         return self.resize_crop(torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous())
 
     def resize_crop(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Resize and centre-crop decoded uint8 RGB pixels [3, H, W], on whatever device they are.
+        """Resize and centre-crop decoded pixels, on whatever device they are.
 
         ``CLIPImageProcessor``'s torchvision arithmetic, bit for bit, while the resized image is at most
         ``MAX_RESIZE_RATIO`` times the crop's area (aspect ratios up to 32:1 for a square crop). Past that
         (a 2 x 20,000 strip would become 224 x 2,240,000, 4 GB), only the region the crop keeps is computed:
         :meth:`resize_crop_region`, within one 8-bit level of the full computation.
+
+        Args:
+            pixels: uint8 RGB [3, H, W].
+
+        Returns:
+            uint8 [3, crop height, crop width], on the device of ``pixels``.
         """
         height, width = pixels.shape[-2:]
         size = self.resize_size(height, width)
@@ -140,19 +173,31 @@ class ImageTransform:
         return torch.from_numpy(np.clip(np.rint(np.stack(out)), 0, 255).astype(np.uint8))
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 pixels [..., 3, H, W] -> normalised float32, on whatever device they are."""
+        """Rescaled and normalised pixel values: uint8 [..., 3, H, W] in, float32 [..., 3, H, W] out, on the device
+        of ``pixels``."""
         mean, std = (t.to(pixels.device) for t in self._norm)
         from torchvision.transforms.v2 import functional as TF
 
         return TF.normalize(pixels.to(torch.float32), mean, std)
 
     def __call__(self, image: ImageInput, *, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> torch.Tensor:
-        """Pixel values [3, H, W] float32 for one image (any input :func:`load_image` takes)."""
+        """The model's pixel values for one image (any input :func:`load_image` takes): float32 [3, crop height,
+        crop width] on the CPU; raises as :func:`load_image` does."""
         return self.normalize(self.uint8(image, max_image_pixels=max_image_pixels))
 
 
 class AltCLIPProcessor:
-    """Tokenizer (the checkpoint's XLM-R sentencepiece) and image transform of one checkpoint."""
+    """Tokenizer (the checkpoint's XLM-R sentencepiece) and image transform of one checkpoint.
+
+    Args:
+        tokenizer (transformers.PreTrainedTokenizerBase): a transformers XLM-R tokenizer (fast or slow).
+        image_transform: the image preprocessing (default: CLIP's at 224).
+        context_length: the most tokens kept per text, ``<s>`` and ``</s>`` included (77, as the authors trained;
+            at most 512).
+
+    Raises:
+        ValueError: a ``context_length`` that is not an integer from 2 to 512.
+    """
 
     def __init__(self, tokenizer, image_transform: ImageTransform | None = None, context_length: int = DEFAULT_CONTEXT_LENGTH):
         self.tokenizer = tokenizer
@@ -161,7 +206,12 @@ class AltCLIPProcessor:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, *, context_length: int = DEFAULT_CONTEXT_LENGTH) -> AltCLIPProcessor:
-        """Load the tokenizer and preprocessor_config.json of a checkpoint folder."""
+        """Load the tokenizer and ``preprocessor_config.json`` of a checkpoint folder (CLIP's preprocessing at 224
+        when the folder has no such file).
+
+        Raises:
+            ValueError: transformers cannot load the folder's tokenizer, or ``context_length`` is out of range.
+        """
         from transformers import AutoTokenizer
 
         folder = Path(folder)
@@ -219,8 +269,19 @@ class AltCLIPProcessor:
     def images(
         self, images: ImageInput | Sequence[ImageInput], *, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
     ) -> torch.Tensor:
-        """``pixel_values`` [N, 3, H, W] float32 ([0, 3, H, W] for an empty list) of one image or a list of
-        images, each anything :func:`load_image` takes; raises as ``load_image`` does."""
+        """The model's ``pixel_values`` for one image or a list of them.
+
+        Args:
+            images: one image or a list of images, each anything :func:`load_image` takes.
+            max_image_pixels: as in :func:`load_image`.
+
+        Returns:
+            float32 [N, 3, H, W] ([0, 3, H, W] for an empty list), H and W the crop size.
+
+        Raises:
+            TypeError: ``images`` is neither an image nor a list of them (None, a dict).
+            UnreadableImageError: and the other errors of :func:`load_image`, for the first image that fails.
+        """
         if is_one_image(images):
             images = [images]
         images = as_list(images, "images")
@@ -229,7 +290,20 @@ class AltCLIPProcessor:
         return torch.stack([self.image_transform(image, max_image_pixels=max_image_pixels) for image in images])
 
     def __call__(self, text=None, images=None, **kwargs) -> dict[str, torch.Tensor]:
-        """Model inputs for texts and/or images: ``input_ids``, ``attention_mask``, ``pixel_values``."""
+        """Model inputs for texts and/or images.
+
+        Args:
+            text: a string or a list of strings (see :meth:`tokenize`).
+            images: one image or a list of them (see :meth:`images`).
+            **kwargs: passed to :meth:`tokenize` (``context_length``, ``pad_to_context_length``).
+
+        Returns:
+            ``input_ids`` and ``attention_mask`` (int64 [N, T]) for texts, ``pixel_values`` (float32 [M, 3, H, W])
+            for images.
+
+        Raises:
+            ValueError: neither texts nor images were given.
+        """
         if text is None and images is None:
             raise ValueError("give text=..., images=... or both")
         out = self.tokenize(text, **kwargs) if text is not None else {}

@@ -18,47 +18,84 @@ from altclip_adapters.model.config import AltCLIPConfig
 
 @dataclass(frozen=True)
 class Hub:
-    repo_id: str  # e.g. "BAAI/AltCLIP"
-    weights: str  # the weight file open_clip's `baai` tag downloads, e.g. "model.safetensors"
+    """Where a released checkpoint lives on the Hugging Face hub.
+
+    Attributes:
+        repo_id: the hub repository, e.g. ``"BAAI/AltCLIP"``.
+        weights: the weight file open_clip's ``baai`` tag downloads, e.g. ``"model.safetensors"``.
+    """
+
+    repo_id: str
+    weights: str
 
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """``CLIPImageProcessor``'s settings (the checkpoint's preprocessor_config.json wins when present)."""
+    """``CLIPImageProcessor``'s settings (the checkpoint's preprocessor_config.json wins when present).
 
-    resize_shortest_edge: int  # pixels
-    interpolation: str  # "bicubic" or "bilinear"
-    center_crop: int  # pixels
-    mean: tuple[float, float, float]  # per RGB channel, of values in [0, 1]
+    Attributes:
+        resize_shortest_edge: the shortest edge after resizing, in pixels.
+        interpolation: ``"bicubic"`` or ``"bilinear"``.
+        center_crop: the side of the square centre crop, in pixels.
+        mean: per RGB channel, of values in [0, 1].
+        std: per RGB channel, of values in [0, 1].
+        note: free text for people.
+    """
+
+    resize_shortest_edge: int
+    interpolation: str
+    center_crop: int
+    mean: tuple[float, float, float]
     std: tuple[float, float, float]
     note: str = ""
 
 
 @dataclass(frozen=True)
 class Tokenizer:
+    """The checkpoint's tokenizer, as the card describes it.
+
+    Attributes:
+        type: the tokenizer family (XLM-R's sentencepiece).
+        files: which files of the checkpoint hold it.
+        context_length: tokens per text, as the authors trained (77).
+        max_context_length: tokens the position embedding allows (512).
+        note: free text for people.
+    """
+
     type: str
     files: str
-    context_length: int  # tokens, as the authors trained
-    max_context_length: int  # tokens the position embedding allows
+    context_length: int
+    max_context_length: int
     note: str = ""
 
 
 @dataclass(frozen=True)
 class Card:
-    """One released checkpoint. ``config()`` gives its architecture (a fresh ``AltCLIPConfig`` each call)."""
+    """One released checkpoint. ``config()`` gives its architecture (a fresh ``AltCLIPConfig`` each call).
+
+    Attributes:
+        name: the registry name (``"AltCLIP"``, ``"AltCLIP-m9"``, ``"AltCLIP-m18"``): also the open_clip model name.
+        description: one line for people.
+        hub: where the weights are.
+        languages: the languages the text tower was trained on (ISO 639-1 codes).
+        architecture: the shapes; read them through :meth:`config`, since the dataclass itself is mutable.
+        preprocessing: the image preprocessing.
+        tokenizer: the tokenizer facts.
+        known: known quirks of the released files, for people.
+    """
 
     name: str
     description: str
     hub: Hub
     languages: tuple[str, ...]
-    architecture: AltCLIPConfig  # read it through config(): the dataclass itself is mutable
+    architecture: AltCLIPConfig
     preprocessing: Preprocessing
     tokenizer: Tokenizer
     known: str = ""
 
     @property
     def projection_dim(self) -> int:
-        """The embedding size."""
+        """The embedding size (768 for every released AltCLIP)."""
         return self.architecture.projection_dim
 
     def config(self) -> AltCLIPConfig:
@@ -94,7 +131,19 @@ def _values(kind: type, data: Any, where: str) -> dict[str, Any]:
 
 
 def parse_card(data: Any, source: str) -> Card:
-    """A :class:`Card` from a card's JSON data; raises ValueError naming ``source`` and the key at fault."""
+    """A :class:`Card` from a card's JSON data, strictly.
+
+    Args:
+        data: the parsed JSON of one card.
+        source: where it came from (a path), for the error message.
+
+    Returns:
+        The card.
+
+    Raises:
+        ValueError: an unknown or missing key, a value of the wrong type, or a ``projection_dim`` that differs from
+            the architecture's, naming ``source`` and the key at fault.
+    """
     if not isinstance(data, dict):
         raise ValueError(f"{source}: a card is a JSON object, got {type(data).__name__}")  # noqa: TRY004 (a bad file)
     data = dict(data)
@@ -128,17 +177,23 @@ def cards() -> dict[str, Card]:
 
 
 def names() -> list[str]:
+    """The registry names, in file-name order."""
     return list(cards())
 
 
 def find(name: str) -> Card | None:
-    """The card for a registry name or its hub id (case-insensitive), or None."""
+    """The card for a registry name or its hub id (case-insensitive, e.g. ``"altclip"``, ``"BAAI/AltCLIP"``), or
+    None when no card has that name."""
     lowered = name.lower()
     return next((c for c in cards().values() if lowered in (c.name.lower(), c.hub.repo_id.lower())), None)
 
 
 def card(name: str) -> Card:
-    """The card for ``name`` (see :func:`find`); raises KeyError listing the known names."""
+    """The card for ``name`` (see :func:`find`).
+
+    Raises:
+        KeyError: no card has that name or hub id; the message lists the known names.
+    """
     found = find(name)
     if found is None:
         raise KeyError(f"unknown AltCLIP model {name!r}; known: {', '.join(names())}")
@@ -146,5 +201,5 @@ def card(name: str) -> Card:
 
 
 def config(name: str) -> AltCLIPConfig:
-    """The architecture the card for ``name`` describes (a fresh copy)."""
+    """The architecture the card for ``name`` describes (a fresh copy); KeyError as :func:`card`."""
     return card(name).config()

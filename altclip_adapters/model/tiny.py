@@ -51,8 +51,15 @@ CORPUS = [
 
 
 def train_tokenizer(folder: Path, vocab_size: int = 300):
-    """An XLM-R style tokenizer (sentencepiece unigram, fairseq id layout) trained on ``CORPUS``; its
-    ``sentencepiece.bpe.model`` is written to ``folder``, and the fast tokenizer normalises as it does."""
+    """An XLM-R style tokenizer (sentencepiece unigram, fairseq id layout) trained on ``CORPUS``.
+
+    Args:
+        folder: where its ``sentencepiece.bpe.model`` is written (the folder must exist).
+        vocab_size: the sentencepiece vocabulary asked for (a soft limit: the corpus may give fewer pieces).
+
+    Returns:
+        A slow ``XLMRobertaTokenizer`` on that file; the fast tokenizer made from it normalises as it does.
+    """
     import sentencepiece as spm
     from sentencepiece import sentencepiece_model_pb2
     from transformers import XLMRobertaTokenizer
@@ -82,8 +89,15 @@ def _perturb(model: torch.nn.Module, seed: int, scale: float) -> None:
 
 
 def diff_config(config) -> dict:
-    """A transformers ``AltCLIPConfig`` as transformers 4 wrote ``config.json`` (``to_diff_dict``): every key equal
-    to its class default left out, at the top level and in each sub-config (``model_type`` kept)."""
+    """A transformers ``AltCLIPConfig`` as transformers 4 wrote ``config.json`` (``to_diff_dict``).
+
+    Args:
+        config (transformers.AltCLIPConfig): the config to write.
+
+    Returns:
+        Its dict with every key equal to its class default left out, at the top level and in each sub-config
+        (``model_type`` kept).
+    """
     data = config.to_dict()
     for key in ("text_config", "vision_config"):
         defaults = type(getattr(config, key))().to_dict()
@@ -101,14 +115,25 @@ def make_checkpoint(
     config_style: Literal["full", "diff"] = "full",
     perturbation: float = 0.05,
 ) -> Path:
-    """Write a random AltCLIP checkpoint folder: config.json, weights, tokenizer, preprocessor config.
+    """Write a random AltCLIP checkpoint folder in the exact BAAI/AltCLIP layout: config.json, weights, tokenizer,
+    preprocessor config. Built offline with transformers' ``AltCLIPModel``, so any loader can be checked against it.
 
-    ``layout``: ``safetensors`` as transformers 5 writes it (``encoder.layer.N`` in both towers);
-    ``bin`` as the BAAI files are (transformers 4 pickle: text ``encoder.layer.N``, vision
-    ``encoder.layers.N``, ``position_ids`` buffers); ``sharded`` as two safetensors shards + index.
-    ``config_style``: ``full`` as transformers 5 writes config.json, ``diff`` as transformers 4 did
-    (:func:`diff_config`). ``perturbation``: the standard deviation of the N(0, s) noise added to every parameter
-    after transformers' initialisation (0: transformers' initialisation as is).
+    Args:
+        folder: where to write (created if missing).
+        shape: ``tiny`` (32-wide towers, 16-d embeddings: seconds to build), ``m18`` (AltCLIP-m18's structure at
+            toy size: GELU ViT, ``transformation_pre``), ``full`` (BAAI/AltCLIP's towers with a small vocabulary,
+            about 2.3 GB) or ``b32`` (transformers' default ViT-B/32 vision tower); see ``SHAPES``.
+        layout: ``safetensors`` as transformers 5 writes it (``encoder.layer.N`` in both towers); ``bin`` as the
+            BAAI files are (transformers 4 pickle: text ``encoder.layer.N``, vision ``encoder.layers.N``,
+            ``position_ids`` buffers); ``sharded`` as two safetensors shards + index.
+        seed: the seed of the initialisation and the noise.
+        config_style: ``full`` as transformers 5 writes config.json, ``diff`` as transformers 4 did
+            (:func:`diff_config`).
+        perturbation: the standard deviation of the N(0, s) noise added to every parameter after transformers'
+            initialisation, so that a wrong weight mapping shows (0: transformers' initialisation as is).
+
+    Returns:
+        ``folder``, as a ``Path``: ``AltCLIP.from_pretrained`` and ``transformers.AltCLIPModel`` load it.
     """
     from safetensors.torch import save_file
     from transformers import AltCLIPConfig, AltCLIPModel, CLIPImageProcessor
