@@ -74,9 +74,9 @@ class AltCLIPEmbedder:
             loaded once per actor.
         modality: ``"image"`` or ``"text"``.
         column: the input column (default ``"image"`` or ``"text"``).
-        output_column, error_column: the columns added: float32 ``[rows, projection_dim]`` embeddings
-            (L2-normalised; NaN for an unreadable row) and the reason a row could not be embedded ("" for
-            the rows embedded).
+        output_column: the column added for float32 ``[rows, projection_dim]`` embeddings (L2-normalised; NaN
+            for an unreadable row).
+        error_column: the column added for the reason a row could not be embedded ("" for the rows embedded).
         device: ``"cuda"`` or ``"cpu"`` (default: cuda when the actor sees a GPU).
         num_threads: torch CPU threads (default: torch's own choice).
         **embedder_kwargs: passed to :class:`~altclip_adapters.inference.embedder.Embedder` (``dtype``,

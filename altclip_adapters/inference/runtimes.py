@@ -49,7 +49,7 @@ CACHE_ENV = "ALTCLIP_CACHE"  # where converted models are cached (default ~/.cac
 CONVERSION_VERSION = 1  # bump when the graphs this module writes change: older caches are rebuilt
 Precision = Literal["f32", "bf16", "int8"]
 MANIFEST = "altclip_openvino.json"  # written last into a conversion's folder, naming its key
-FIDELITY = 0.9995  # the least cosine to f32 a default precision must keep on probe_inputs (issue 21)
+FIDELITY = 0.9995  # the least cosine to f32 a default precision must keep on probe_inputs
 
 
 class TextTower(nn.Module):
