@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import re
 import subprocess
 import sys
@@ -236,6 +237,18 @@ def big_picture(path: Path) -> None:
     x = np.linspace(0, 255, 3000, dtype=np.float32)
     pixels = np.stack([np.add.outer(x, x) / 2, np.add.outer(x, -x) % 256, np.outer(np.ones(3000), x)], -1)
     Image.fromarray(pixels.astype(np.uint8)).save(path)
+
+
+def slow_photos(folder: Path) -> Path:
+    """``folder`` made and filled with 12 photos in name order: 4 small ones (00-03), then 8 copies of
+    :func:`big_picture` (04-11), slow to decode, so that a signal sent after the small ones finds work left."""
+    folder.mkdir()
+    for i, image in enumerate(make_images(4, seed=9)):
+        image.save(folder / f"{i:02d}.png")
+    big_picture(folder / "04.png")
+    for i in range(5, 12):
+        shutil.copy(folder / "04.png", folder / f"{i:02d}.png")
+    return folder
 
 
 # Ray (tests/test_ray.py, tests/test_ray_readers.py, tests/test_run.py) ------------------------------------------

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import big_picture, make_images, stop_mid_run, write_tar
+from conftest import slow_photos, make_images, stop_mid_run, write_tar
 
 from altclip_adapters.cli import main
 from altclip_adapters.collection.store import lock, read_embeddings, shards
@@ -301,13 +301,7 @@ def test_a_folder_of_other_inputs_is_refused_in_one_line(tiny_dir, shard_inputs,
 def test_stopped_mid_shard_the_rerun_reuses_the_finished_batches_bit_for_bit(tiny_dir, tmp_path, sig, output):
     """One shard of 4 small images and 8 slow ones, 2 a batch: the signal comes once the bar passes 4 items, while
     at least 3 batches of slow images are left, whatever the machine's speed."""
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for i, image in enumerate(make_images(4, seed=9)):
-        image.save(photos / f"{i:02d}.png")
-    big_picture(photos / "04.png")
-    for i in range(5, 12):
-        shutil.copy(photos / "04.png", photos / f"{i:02d}.png")
+    photos = slow_photos(tmp_path / "photos")
     out = tmp_path / output
     common = ["--model", str(tiny_dir), "--batch-size", "2", "--device", "cpu", "--store-dtype", "float16"]
     status, err = stop_mid_run([str(photos), "--out", str(out), *common], sig, 12)

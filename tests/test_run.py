@@ -7,7 +7,6 @@ call; the Embedder is left as it is (stage timings come from its batches); Ray r
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import threading
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import big_picture, make_images, stop_mid_run, write_images
+from conftest import slow_photos, make_images, stop_mid_run, write_images
 
 from altclip_adapters import embed_folder
 from altclip_adapters.cli import main
@@ -76,13 +75,7 @@ def test_an_update_embeds_only_what_changed_and_equals_the_embedder(tiny_dir, em
 def test_a_run_killed_mid_way_is_resumed_by_embed_folder_to_the_same_bytes(tiny_dir, tmp_path):
     """Shard 0: 4 small images; shards 1 and 2: 4 slow ones each, 2 a batch. SIGKILL (no handler runs, nothing
     is saved at the end) comes once the subprocess's bar passes 6 items: shard 0 written, shard 1 under way."""
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for i, image in enumerate(make_images(4, seed=9)):
-        image.save(photos / f"{i:02d}.png")
-    big_picture(photos / "04.png")
-    for i in range(5, 12):
-        shutil.copy(photos / "04.png", photos / f"{i:02d}.png")
+    photos = slow_photos(tmp_path / "photos")
     out, clean = tmp_path / "emb", tmp_path / "clean"
     argv = [str(photos), "--out", str(out), "--model", str(tiny_dir), "--batch-size", "2", "--device", "cpu",
             "--shard-size", "4"]

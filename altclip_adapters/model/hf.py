@@ -12,9 +12,9 @@ import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 from safetensors.torch import save_file
 
 from altclip_adapters.atomic import atomic_path, write_json
@@ -22,9 +22,6 @@ from altclip_adapters.model.config import AltCLIPConfig
 from altclip_adapters.model.processor import AltCLIPProcessor
 from altclip_adapters.model.files import Weights, open_weights, resolve_checkpoint
 from altclip_adapters.model._mapping import Mismatch, Rule, compare, export_state_dict, foreign_shapes, import_state_dict, rule
-
-if TYPE_CHECKING:
-    from altclip_adapters.model.core import AltCLIP
 
 V = "vision_model.encoder.layers.{n}"
 HF_TABLE: list[Rule] = [
@@ -115,12 +112,12 @@ def _open_folder(folder: Path) -> tuple[AltCLIPConfig, Weights]:
 
 
 def load_hf_checkpoint(
-    model_class: type[AltCLIP],
+    model_class: type[nn.Module],
     folder: str | Path,
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
-) -> AltCLIP:
+) -> nn.Module:
     """A ``model_class`` from a folder in the BAAI/transformers layout (config.json + weights), strictly.
 
     Args:
@@ -193,7 +190,7 @@ def state_mismatch(found: dict[str, tuple[int, ...]], state: dict[str, torch.Ten
     return compare({key: tuple(tensor.shape) for key, tensor in state.items()}, found)
 
 
-def save_hf_checkpoint(model: AltCLIP, folder: str | Path) -> None:
+def save_hf_checkpoint(model: nn.Module, folder: str | Path) -> None:
     """Write config.json and model.safetensors (the BAAI key spelling, the model's dtype) into ``folder``,
     atomically, with modes that follow the umask; the folder must exist."""
     folder = Path(folder)
@@ -204,13 +201,13 @@ def save_hf_checkpoint(model: AltCLIP, folder: str | Path) -> None:
 
 
 def load_pretrained(
-    model_class: type[AltCLIP],
+    model_class: type[nn.Module],
     name_or_path: str | Path,
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     revision: str | None = None,
-) -> AltCLIP:
+) -> nn.Module:
     """``AltCLIP.from_pretrained``: a registry name, hub id or local folder, with its processor attached.
 
     Args:
@@ -230,7 +227,7 @@ def load_pretrained(
     return model
 
 
-def save_pretrained(model: AltCLIP, folder: str | Path) -> None:
+def save_pretrained(model: nn.Module, folder: str | Path) -> None:
     """``AltCLIP.save_pretrained``: the weights and config (:func:`save_hf_checkpoint`), and the processor's files
     (tokenizer, preprocessing) when the model has one."""
     save_hf_checkpoint(model, folder)
